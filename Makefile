@@ -1,0 +1,44 @@
+# `make demo` and `make test` set everything up on a fresh machine: Debian packages (where apt-get
+# is available), a virtual environment in .venv with pinned dependencies, then run.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEB_PACKAGES := espeak-ng
+
+.PHONY: demo test bench venv system-deps clean
+
+demo: $(STAMP)
+	$(VENV)/bin/geneface demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -x
+
+bench: $(STAMP)
+	$(PY) benchmarks/process.py
+
+venv: $(STAMP)
+
+system-deps:
+	@missing=""; for p in $(DEB_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \
+	    echo "Installing Debian packages:$$missing"; \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null \
+	      || echo "warning: could not install$$missing; text-to-speech for 'geneface synth --text' will be unavailable"; \
+	  else \
+	    echo "warning: apt-get not found; install$$missing yourself for 'geneface synth --text' (everything else works without it)"; \
+	  fi; \
+	fi
+
+$(STAMP): pyproject.toml requirements.lock | system-deps
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) demo/output.mp4 demo/work

@@ -1,0 +1,72 @@
+"""The `geneface` command: one subcommand per job, each defined in the module that does the work."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+from .errors import GeneFaceError
+
+# (name, module, one-line help). Each module defines `add_arguments(parser)` and `run(args) -> int | None`.
+# A name with a space ("train render") is a subcommand of a group ("train").
+COMMANDS = [
+    ("synth", "geneface.synth.cli", "make a synthetic talking-head video from a face photo and speech"),
+    ("process", "geneface.process.cli", "turn a video of one person into a training dataset"),
+    ("train motion", "geneface.motion.cli_train", "train the landmark SyncNet and audio2motion generator"),
+    ("train postnet", "geneface.motion.cli_postnet", "adapt a pretrained audio2motion run to one person"),
+    ("train render", "geneface.render.cli", "train a person's head NeRF and torso field"),
+    ("train all", "geneface.infer.cli_train_all", "process a video and train every model of a person"),
+    ("motion", "geneface.motion.cli_infer", "predict facial landmarks from speech"),
+    ("infer", "geneface.infer.cli", "render a person saying the given speech"),
+    ("demo", "geneface.infer.cli_demo", "render the bundled demo person"),
+    ("evaluate", "geneface.evaluate.cli", "measure a person model's quality and lip sync"),
+    ("corpus prepare", "geneface.corpus.cli", "prepare a folder of many speakers' clips for motion pretraining"),
+]
+GROUP_HELP = {"train": "train models", "corpus": "work with multi-speaker corpora"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="geneface",
+        description="Audio-driven 3D talking-face synthesis: learn a person from a video, then make "
+                    "them say any speech.")
+    parser.add_argument("--version", action="version", version=f"geneface {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for name, module_name, help_text in COMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name is not None and module_name.startswith(e.name):
+                continue  # a command not built yet
+            raise
+        target = sub
+        if " " in name:
+            group, name = name.split(" ", 1)
+            if group not in groups:
+                gp = sub.add_parser(group, help=GROUP_HELP[group], description=GROUP_HELP[group])
+                groups[group] = gp.add_subparsers(dest=f"{group}_command", metavar="COMMAND", required=True)
+            target = groups[group]
+        p = target.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(),
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except GeneFaceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

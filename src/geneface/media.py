@@ -1,0 +1,235 @@
+"""Media I/O on PyAV: video frames at a fixed rate, 16 kHz mono audio, H.264 + AAC mp4 output."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import av
+import numpy as np
+
+from .errors import InputError
+from .fileio import atomic_path
+
+AUDIO_RATE = 16000
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a media file holds."""
+
+    width: int
+    height: int
+    fps: float
+    """Average frame rate of the video stream (variable-rate streams report their mean)."""
+    duration: float
+    """Seconds of video."""
+    has_audio: bool
+
+
+def _open(path: str | os.PathLike) -> av.container.InputContainer:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"no such file: {path}")
+    if path.is_dir():
+        raise InputError(f"expected a media file, got a folder: {path}")
+    if path.stat().st_size == 0:
+        raise InputError(f"file is empty: {path}")
+    try:
+        return av.open(str(path))
+    except (av.FFmpegError, UnicodeDecodeError) as e:
+        raise InputError(f"not a readable media file: {path} ({e.__class__.__name__})") from None
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Describe a video file; raises ``InputError`` when it has no video stream."""
+    with _open(path) as container:
+        if not container.streams.video:
+            raise InputError(f"no video stream in {path}")
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 25)
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        else:
+            duration = (stream.frames or 0) / fps
+        return VideoInfo(
+            width=stream.codec_context.width,
+            height=stream.codec_context.height,
+            fps=fps,
+            duration=duration,
+            has_audio=bool(container.streams.audio),
+        )
+
+
+def read_video(path: str | os.PathLike, fps: float = 25.0) -> Iterator[np.ndarray]:
+    """Yield RGB frames ``[H, W, 3] uint8`` resampled to ``fps`` (nearest earlier source frame).
+
+    Variable-rate and other-rate sources come out at exactly ``fps``: output frame ``k`` shows the
+    source frame on screen at time ``k / fps`` from the first frame.
+    """
+    container = _open(path)
+    with container:
+        if not container.streams.video:
+            raise InputError(f"no video stream in {path}")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        start = None
+        next_k = 0
+        previous = None  # (time, rgb) of the last decoded source frame
+        try:
+            for frame in container.decode(stream):
+                t = frame.time if frame.time is not None else (previous[0] + 1 / fps if previous else 0.0)
+                if start is None:
+                    start = t
+                t -= start
+                rgb = frame.to_ndarray(format="rgb24")
+                # Emit every output time that falls before this frame: the previous frame covers it.
+                while previous is not None and next_k / fps < t - 1e-6:
+                    yield previous[1]
+                    next_k += 1
+                previous = (t, rgb)
+        except av.FFmpegError as e:
+            if previous is None:
+                raise InputError(f"corrupt video stream in {path}: {e}") from None
+            raise InputError(f"corrupt video stream in {path} after {next_k} frames: {e}") from None
+        if previous is None:
+            raise InputError(f"no decodable video frames in {path}")
+        # The last source frame covers one source-frame interval.
+        src_rate = float(stream.average_rate or fps)
+        end = previous[0] + 1.0 / src_rate
+        while next_k / fps < end - 1e-6:
+            yield previous[1]
+            next_k += 1
+
+
+def read_audio(path: str | os.PathLike, rate: int = AUDIO_RATE) -> np.ndarray:
+    """Decode the first audio stream as mono float32 ``[N]`` at ``rate`` Hz, values in [-1, 1]."""
+    container = _open(path)
+    with container:
+        if not container.streams.audio:
+            raise InputError(f"no audio track in {path}")
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        chunks: list[np.ndarray] = []
+        try:
+            for frame in container.decode(container.streams.audio[0]):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+        except av.FFmpegError as e:
+            raise InputError(f"corrupt audio stream in {path}: {e}") from None
+    if not chunks:
+        raise InputError(f"audio track in {path} holds no samples")
+    return np.clip(np.concatenate(chunks).astype(np.float32), -1.0, 1.0)
+
+
+def _audio_frames(audio: np.ndarray, rate: int, frame_size: int) -> Iterator[av.AudioFrame]:
+    pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
+    for i, start in enumerate(range(0, len(pcm), frame_size)):
+        chunk = pcm[start : start + frame_size]
+        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = rate
+        frame.pts = start
+        frame.time_base = Fraction(1, rate)
+        yield frame
+
+
+def write_audio(path: str | os.PathLike, audio: np.ndarray, rate: int = AUDIO_RATE) -> None:
+    """Write mono float audio ``[N]`` as 16-bit PCM; the container follows the extension (.wav, .flac)."""
+    path = Path(path)
+    codec = {".wav": "pcm_s16le", ".flac": "flac"}.get(path.suffix.lower())
+    if codec is None:
+        raise InputError(f"unsupported audio extension {path.suffix!r}: use .wav or .flac")
+    with atomic_path(path) as tmp:
+        with av.open(str(tmp), "w", format=path.suffix.lstrip(".").lower()) as container:
+            stream = container.add_stream(codec, rate=rate, layout="mono")
+            for frame in _audio_frames(audio, rate, 4096):
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode(None):
+                container.mux(packet)
+
+
+class VideoWriter:
+    """Stream RGB frames into an H.264 mp4 (yuv420p), with optional AAC audio muxed in sync.
+
+    Use as a context manager; the file appears under its final name only when the block succeeds::
+
+        with VideoWriter("out.mp4", fps=25, audio=wav) as w:
+            for frame in frames:
+                w.write(frame)
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float = 25.0, audio: np.ndarray | None = None,
+                 audio_rate: int = AUDIO_RATE, crf: int = 18) -> None:
+        self.path = Path(path)
+        if not self.path.parent.exists():
+            raise InputError(f"output folder does not exist: {self.path.parent}")
+        self.fps = Fraction(fps).limit_denominator(1001)
+        self.audio = audio
+        self.audio_rate = audio_rate
+        self.crf = crf
+        self._atomic = None
+        self._container = None
+        self._stream = None
+        self.frames_written = 0
+
+    def __enter__(self) -> "VideoWriter":
+        self._atomic = atomic_path(self.path, suffix=".mp4")
+        tmp = self._atomic.__enter__()
+        self._container = av.open(str(tmp), "w", format="mp4")
+        return self
+
+    def write(self, rgb: np.ndarray) -> None:
+        """Append one frame ``[H, W, 3] uint8`` (H and W even)."""
+        h, w = rgb.shape[:2]
+        if self._stream is None:
+            if h % 2 or w % 2:
+                raise InputError(f"H.264 needs even frame sizes, got {w}x{h}")
+            self._stream = self._container.add_stream("libx264", rate=self.fps)
+            self._stream.width, self._stream.height = w, h
+            self._stream.pix_fmt = "yuv420p"
+            self._stream.options = {"crf": str(self.crf), "preset": "veryfast"}
+            if self.audio is not None:
+                self._audio_stream = self._container.add_stream("aac", rate=self.audio_rate, layout="mono")
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb, dtype=np.uint8), format="rgb24")
+        frame.pts = self.frames_written
+        frame.time_base = 1 / self.fps
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+        self.frames_written += 1
+
+    def _finish(self) -> None:
+        if self._stream is None:
+            raise InputError("no frames to write")
+        for packet in self._stream.encode(None):
+            self._container.mux(packet)
+        if self.audio is not None:
+            stream = self._audio_stream
+            for frame in _audio_frames(self.audio, self.audio_rate, stream.codec_context.frame_size or 1024):
+                for packet in stream.encode(frame):
+                    self._container.mux(packet)
+            for packet in stream.encode(None):
+                self._container.mux(packet)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self._finish()
+        finally:
+            self._container.close()
+            self._atomic.__exit__(exc_type, exc, tb)
+
+
+def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float = 25.0,
+                audio: np.ndarray | None = None, audio_rate: int = AUDIO_RATE) -> int:
+    """Write frames (and audio) to an mp4; returns the number of frames written."""
+    with VideoWriter(path, fps=fps, audio=audio, audio_rate=audio_rate) as writer:
+        for frame in frames:
+            writer.write(frame)
+    return writer.frames_written
