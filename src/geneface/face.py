@@ -79,6 +79,31 @@ def mesh_triangles() -> np.ndarray:
     return np.array(sorted(triangles), dtype=np.int64)
 
 
+@contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Silence MediaPipe's C++ start-up warnings (written to fd 2 before its logging is configured)."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _start(factory):
+    """Build a MediaPipe graph and run it once on a blank image, with its native start-up noise silenced."""
+    with _quiet_native_stderr():
+        graph = factory()
+        graph.process(np.zeros((64, 64, 3), np.uint8))
+    return graph
+
+
 class FaceMesh:
     """MediaPipe face mesh returning pixel-unit points ``[478, 3]`` (x, y in pixels; z scaled like x).
 
@@ -89,14 +114,20 @@ class FaceMesh:
     def __init__(self, video: bool = True, max_faces: int = 1, min_confidence: float = 0.5) -> None:
         import mediapipe as mp
 
-        self._mesh = mp.solutions.face_mesh.FaceMesh(
+        self._seen_face = False
+        self._mesh = _start(lambda: mp.solutions.face_mesh.FaceMesh(
             static_image_mode=not video, max_num_faces=max_faces, refine_landmarks=True,
-            min_detection_confidence=min_confidence, min_tracking_confidence=min_confidence)
+            min_detection_confidence=min_confidence, min_tracking_confidence=min_confidence))
 
     def __call__(self, rgb: np.ndarray) -> list[np.ndarray]:
         """All faces found in an RGB image ``[H, W, 3] uint8``, each ``[478, 3]`` float32."""
         h, w = rgb.shape[:2]
-        result = self._mesh.process(np.ascontiguousarray(rgb))
+        if self._seen_face:
+            result = self._mesh.process(np.ascontiguousarray(rgb))
+        else:  # the first landmark pass prints a native warning
+            with _quiet_native_stderr():
+                result = self._mesh.process(np.ascontiguousarray(rgb))
+            self._seen_face = bool(result.multi_face_landmarks)
         faces = []
         for face in result.multi_face_landmarks or []:
             pts = np.array([(p.x, p.y, p.z) for p in face.landmark], dtype=np.float32)
@@ -119,8 +150,8 @@ class FaceDetector:
     def __init__(self, min_confidence: float = 0.5, full_range: bool = True) -> None:
         import mediapipe as mp
 
-        self._det = mp.solutions.face_detection.FaceDetection(
-            model_selection=1 if full_range else 0, min_detection_confidence=min_confidence)
+        self._det = _start(lambda: mp.solutions.face_detection.FaceDetection(
+            model_selection=1 if full_range else 0, min_detection_confidence=min_confidence))
 
     def __call__(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         h, w = rgb.shape[:2]
@@ -147,7 +178,7 @@ def selfie_segmenter() -> Iterator:
     """Yield a function mapping an RGB image ``[H, W, 3]`` to a soft person mask ``[H, W]`` in [0, 1]."""
     import mediapipe as mp
 
-    seg = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
+    seg = _start(lambda: mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0))
     try:
         yield lambda rgb: seg.process(np.ascontiguousarray(rgb)).segmentation_mask.astype(np.float32)
     finally:

@@ -1,0 +1,70 @@
+"""Head / torso parsing from the person mask and the face mesh (no face-parsing network needed)."""
+
+from __future__ import annotations
+
+import warnings
+
+import cv2
+import numpy as np
+
+from .. import face
+
+BACKGROUND, HEAD, TORSO = 0, 1, 2
+
+
+def head_hull(mesh: np.ndarray, hair: float = 1.35) -> np.ndarray:
+    """Polygon [N, 2] (float pixels) of the face oval with its upper half pushed out by ``hair`` to
+    take in the forehead and hair. mesh: [478, >=2] pixels."""
+    oval = mesh[face.FACE_OVAL, :2].astype(np.float64)
+    centre = mesh[face.NOSE_TIP, :2].astype(np.float64)
+    jaw_y = mesh[list(face.LANDMARKS_68[[0, 16]]), 1].mean()
+    upper = oval[:, 1] < jaw_y
+    oval[upper] = centre + (oval[upper] - centre) * hair
+    return oval
+
+
+def parse(person: np.ndarray, mesh: np.ndarray) -> np.ndarray:
+    """Labels [H, W] uint8 (0 background, 1 head, 2 torso) from a person mask [H, W] bool and the mesh.
+
+    Head: the person's pixels above the jaw line (the oval's lower contour, extended sideways at ear
+    height) within about a head width of the face, plus the face hull itself. Torso: the rest of the person.
+    """
+    h, w = person.shape
+    oval = mesh[face.FACE_OVAL, :2].astype(np.float64)
+    left_ear, right_ear = mesh[face.LANDMARKS_68[0], :2], mesh[face.LANDMARKS_68[16], :2]
+    # Jaw contour from ear to ear through the chin, as y(x).
+    lower = oval[oval[:, 1] >= min(left_ear[1], right_ear[1])]
+    order = np.argsort(lower[:, 0])
+    xs = np.arange(w, dtype=np.float64)
+    jaw = np.interp(xs, lower[order, 0], lower[order, 1])  # constant (ear height) beyond the ends
+    width = oval[:, 0].max() - oval[:, 0].min()
+    centre_x = mesh[face.NOSE_TIP, 0]
+    rows = np.arange(h, dtype=np.float64)[:, None]
+    above = (rows < jaw[None, :]) & (np.abs(xs - centre_x)[None, :] < 0.9 * width)
+    hull = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(hull, [np.round(head_hull(mesh)).astype(np.int32)], 1)
+    labels = np.zeros((h, w), np.uint8)
+    labels[person] = TORSO
+    labels[(person & above) | (hull > 0)] = HEAD
+    return labels
+
+
+def estimate_background(frames: np.ndarray, person: np.ndarray, margin: int) -> tuple[np.ndarray, np.ndarray]:
+    """Static background from frames [N, H, W, 3] uint8 and person masks [N, H, W] bool.
+
+    Each pixel is the median over the frames where no person (dilated by ``margin`` px) covers it;
+    pixels always covered are inpainted. Returns the image [H, W, 3] uint8 and the covered mask [H, W].
+    """
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1))
+    covered = np.stack([cv2.dilate(m.astype(np.uint8), kernel) > 0 for m in person])
+    background = np.empty(frames.shape[1:], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels: handled below
+        for y in range(0, frames.shape[1], 32):  # row blocks bound the memory
+            block = np.where(covered[:, y:y + 32, :, None], np.nan, frames[:, y:y + 32].astype(np.float32))
+            background[y:y + 32] = np.nanmedian(block, axis=0)
+    never = np.isnan(background[..., 0])
+    background = np.nan_to_num(background).round().astype(np.uint8)
+    if never.any():
+        background = cv2.inpaint(background, never.astype(np.uint8), 5, cv2.INPAINT_TELEA)
+    return background, never
