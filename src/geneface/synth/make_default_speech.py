@@ -14,7 +14,7 @@ from .speech import speak
 
 TEXT = ("Hello! I am a talking head, made from a single photograph. "
         "My jaw, my lips and my eyes move along with this voice. "
-        "Please listen carefully, and watch my mouth as I speak.")
+        "Watch my mouth closely as I speak.")
 VOICE = "en-us+f3"
 SPEED = 150
 
