@@ -1,0 +1,135 @@
+"""A trained person: motion and render runs plus what inference needs from the training clip.
+
+Folder layout (``geneface train all`` writes it)::
+
+    PERSON/person.json   format, version, fps, size, feature kind, run folder names
+    PERSON/track.npz     c2w [N,4,4] training poses, intrinsics [3,3], landmark statistics (below)
+    PERSON/motion/       audio2motion run (geneface.motion)
+    PERSON/render/       head NeRF + torso run (geneface.render)
+    PERSON/data/         the processed dataset (optional; evaluate uses its validation split)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..dataset import PersonDataset
+from ..errors import InputError
+from ..fileio import read_json, read_npz, write_json, write_npz
+
+FORMAT = "geneface-person"
+VERSION = 1
+EYE_UPPER_68 = np.array([37, 38, 43, 44])
+EYE_LOWER_68 = np.array([41, 40, 47, 46])
+
+
+@dataclass
+class LandmarkStats:
+    """The person's range of motion, from the training frames' 68-point offsets."""
+
+    low: np.ndarray
+    """[68, 3] lowest offset per point and axis"""
+    high: np.ndarray
+    """[68, 3] highest offset per point and axis"""
+    pca_mean: np.ndarray
+    """[204] mean of the flattened offsets"""
+    pca_basis: np.ndarray
+    """[K, 204] principal directions keeping 99% of the variance"""
+    mean68: np.ndarray
+    """[68, 3] mean landmarks in head units"""
+    iod: float
+    """inter-ocular distance in head units"""
+
+    @classmethod
+    def from_offsets(cls, offsets: np.ndarray, mean68: np.ndarray, iod: float) -> "LandmarkStats":
+        flat = offsets.reshape(len(offsets), -1).astype(np.float64)
+        mu = flat.mean(0)
+        _, s, vt = np.linalg.svd(flat - mu, full_matrices=False)
+        energy = np.cumsum(s ** 2) / max((s ** 2).sum(), 1e-12)
+        k = int(np.searchsorted(energy, 0.99) + 1)
+        return cls(offsets.min(0), offsets.max(0), mu.astype(np.float32), vt[:k].astype(np.float32),
+                   mean68.astype(np.float32), float(iod))
+
+    def blink_offsets(self) -> np.ndarray:
+        """[68, 3] offset that closes both eyes: upper lids onto the lower lids."""
+        d = np.zeros((68, 3), np.float32)
+        d[EYE_UPPER_68] = (self.mean68[EYE_LOWER_68] - self.mean68[EYE_UPPER_68]) / self.iod
+        return d
+
+
+class Person:
+    """A person model folder (see the module docstring)."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        if not (self.root / "person.json").exists():
+            raise InputError(f"{self.root} is not a person model (no person.json); make one with "
+                             f"`geneface train all VIDEO --out {self.root}`")
+        try:
+            meta = read_json(self.root / "person.json")
+        except ValueError:
+            raise InputError(f"{self.root / 'person.json'} is corrupt") from None
+        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+            raise InputError(f"{self.root} is a person model of another format version "
+                             f"({meta.get('version')}; this geneface reads {VERSION})")
+        self.meta = meta
+        try:
+            track = read_npz(self.root / "track.npz")
+        except (OSError, ValueError) as e:
+            raise InputError(f"{self.root / 'track.npz'} is missing or corrupt ({e.__class__.__name__})") from None
+        self.c2w: np.ndarray = track["c2w"]
+        self.intrinsics: np.ndarray = track["intrinsics"]
+        self.stats = LandmarkStats(track["low"], track["high"], track["pca_mean"], track["pca_basis"],
+                                   track["mean68"], float(track["iod"]))
+
+    @property
+    def fps(self) -> float:
+        return float(self.meta["fps"])
+
+    @property
+    def size(self) -> int:
+        return int(self.meta["size"])
+
+    @property
+    def feature_kind(self) -> str:
+        return str(self.meta["features"])
+
+    @property
+    def motion_dir(self) -> Path:
+        return self.root / self.meta["motion"]
+
+    @property
+    def render_dir(self) -> Path:
+        return self.root / self.meta["render"]
+
+    @property
+    def data_dir(self) -> Path | None:
+        d = self.root / "data"
+        return d if (d / "meta.json").exists() else None
+
+    @staticmethod
+    def write(root: Path, data: PersonDataset, feature_kind: str, motion: str = "motion",
+              render: str = "render") -> None:
+        """Write person.json and track.npz for runs ``root/motion`` and ``root/render`` trained on ``data``."""
+        train = data.split("train")
+        offsets = data.motion["offsets"][train]
+        stats = LandmarkStats.from_offsets(offsets, data.motion["mean68"], float(data.motion["iod"]))
+        write_npz(root / "track.npz", c2w=data.pose["c2w"][train], intrinsics=data.intrinsics,
+                  low=stats.low, high=stats.high, pca_mean=stats.pca_mean, pca_basis=stats.pca_basis,
+                  mean68=stats.mean68, iod=np.array(stats.iod, np.float32))
+        write_json(root / "person.json", {"format": FORMAT, "version": VERSION, "fps": data.fps,
+                                          "size": data.size, "features": feature_kind,
+                                          "motion": motion, "render": render})
+
+
+def project_landmarks(offsets: np.ndarray, c2w: np.ndarray, K: np.ndarray, stats: LandmarkStats) -> np.ndarray:
+    """Image positions [T, 68, 2] of offsets [T, 68, 3] under cameras c2w [T, 4, 4] and intrinsics K [3, 3]."""
+    head = stats.mean68[None] + offsets * stats.iod  # [T, 68, 3]
+    w2c = np.linalg.inv(c2w)
+    cam = np.einsum("tij,tnj->tni", w2c[:, :3, :3], head) + w2c[:, None, :3, 3]
+    return cam[..., :2] / cam[..., 2:3] * K[[0, 1], [0, 1]] + K[:2, 2]
+

@@ -1,0 +1,207 @@
+"""Motion training data: clips of (audio features, pitch, landmark offsets) and a sampler of windows.
+
+The trainers only see a :class:`WindowSource` (anything that can draw a random window), so a streaming
+multi-speaker corpus can replace the in-memory :class:`ClipSet` without touching them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+
+FEATURE_RATE = 50
+"""Audio feature frames per second (two per video frame)."""
+MEL_F0, MEL_VOICING, MEL_ENERGY = 80, 81, 82
+"""Channels of the ``mel`` features after the 80 log-mel bins: f0 (Hz, 0 unvoiced), voicing, energy."""
+
+
+@dataclass
+class MotionClip:
+    """One continuous stretch of a talking person."""
+
+    name: str
+    """Where it came from (dataset folder and split), for messages."""
+    features: np.ndarray
+    """Audio features ``[2T, D]`` float32 at 50 Hz."""
+    pitch: np.ndarray
+    """Fundamental frequency ``[2T]`` float32 in Hz at 50 Hz, 0 where unvoiced."""
+    offsets: np.ndarray
+    """Landmark offsets ``[T, 68, 3]`` float32 (head space, minus the person's mean, over the IOD)."""
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.offsets.shape[0])
+
+
+@dataclass
+class MotionBatch:
+    """A batch of equal-length windows (shorter clips are zero-padded, ``mask`` marks valid frames)."""
+
+    features: torch.Tensor
+    """``[B, 2W, D]``"""
+    pitch: torch.Tensor
+    """``[B, 2W]`` Hz"""
+    offsets: torch.Tensor
+    """``[B, W, 68, 3]``"""
+    mask: torch.Tensor
+    """``[B, W]`` 1 on valid frames"""
+
+    def to(self, device: torch.device | str) -> "MotionBatch":
+        return MotionBatch(*(t.to(device) for t in (self.features, self.pitch, self.offsets, self.mask)))
+
+
+class WindowSource(Protocol):
+    """Anything that can draw a random training window (an in-memory clip set or a streaming corpus)."""
+
+    feature_dim: int
+
+    def sample(self, rng: np.random.Generator, window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """One window: features ``[2W, D]``, pitch ``[2W]``, offsets ``[W, 68, 3]`` (zero-padded), valid length."""
+        ...
+
+
+class ClipSet:
+    """Clips held in memory; windows are drawn from a clip chosen in proportion to its length."""
+
+    def __init__(self, clips: Sequence[MotionClip]) -> None:
+        if not clips:
+            raise InputError("no motion clips to train on")
+        dims = {c.features.shape[1] for c in clips}
+        if len(dims) != 1:
+            raise InputError(f"clips have audio features of different sizes {sorted(dims)}; use one kind")
+        self.clips = list(clips)
+        self.feature_dim = dims.pop()
+        lengths = np.array([c.num_frames for c in clips], dtype=np.float64)
+        self.weights = lengths / lengths.sum()
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    @property
+    def num_frames(self) -> int:
+        return sum(c.num_frames for c in self.clips)
+
+    def sample(self, rng: np.random.Generator, window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        clip = self.clips[rng.choice(len(self.clips), p=self.weights)]
+        n = min(window, clip.num_frames)
+        start = int(rng.integers(0, clip.num_frames - n + 1))
+        feats = np.zeros((2 * window, self.feature_dim), np.float32)
+        pitch = np.zeros(2 * window, np.float32)
+        offsets = np.zeros((window, 68, 3), np.float32)
+        feats[: 2 * n] = clip.features[2 * start: 2 * (start + n)]
+        pitch[: 2 * n] = clip.pitch[2 * start: 2 * (start + n)]
+        offsets[:n] = clip.offsets[start: start + n]
+        return feats, pitch, offsets, n
+
+
+class WindowSampler:
+    """Endless random batches of windows from a :class:`WindowSource` (one RNG stream per rank)."""
+
+    def __init__(self, source: WindowSource, window: int, batch_size: int, seed: int = 0) -> None:
+        self.source = source
+        self.window = window
+        self.batch_size = batch_size
+        self.rng = np.random.default_rng(seed)
+
+    def next(self) -> MotionBatch:
+        items = [self.source.sample(self.rng, self.window) for _ in range(self.batch_size)]
+        mask = np.zeros((self.batch_size, self.window), np.float32)
+        for i, item in enumerate(items):
+            mask[i, : item[3]] = 1.0
+        return MotionBatch(
+            features=torch.from_numpy(np.stack([it[0] for it in items])),
+            pitch=torch.from_numpy(np.stack([it[1] for it in items])),
+            offsets=torch.from_numpy(np.stack([it[2] for it in items])),
+            mask=torch.from_numpy(mask))
+
+
+# --- pitch -------------------------------------------------------------------------------------
+
+def pitch_from_mel(features: np.ndarray) -> np.ndarray:
+    """f0 ``[2T]`` in Hz (0 where unvoiced) from ``mel`` features ``[2T, 83]``."""
+    f0 = np.asarray(features[:, MEL_F0], dtype=np.float32)
+    voiced = np.asarray(features[:, MEL_VOICING], dtype=np.float32) > 0.5
+    return np.where(voiced & (f0 > 0), f0, 0.0).astype(np.float32)
+
+
+def pitch_from_audio(audio: np.ndarray, num_frames: int | None = None) -> np.ndarray:
+    """f0 ``[2T]`` in Hz from 16 kHz audio, through the weight-free ``mel`` extractor."""
+    from ..features import extract_features
+
+    return pitch_from_mel(extract_features("mel", audio, num_frames=num_frames))
+
+
+# --- datasets on disk --------------------------------------------------------------------------
+
+def find_datasets(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Processed clip folders: each path is one (it has ``meta.json``) or a folder holding some below it."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise InputError(f"no such data folder: {p}")
+        if (p / "meta.json").exists():
+            found.append(p)
+            continue
+        below = sorted(m.parent for m in p.rglob("meta.json"))
+        if not below:
+            raise InputError(f"{p} holds no processed clips (no meta.json in it or below it); "
+                             f"run `geneface process` on its videos first")
+        found.extend(below)
+    return found
+
+
+def load_dataset_clips(root: Path, kind: str, splits: Sequence[str] = ("train",),
+                       min_frames: int = 8) -> list[MotionClip]:
+    """The given splits of one processed dataset as clips (splits shorter than ``min_frames`` are skipped)."""
+    from ..dataset import PersonDataset
+
+    ds = PersonDataset(root)
+    feats = ds.features(kind)
+    offsets = np.asarray(ds.motion["offsets"], dtype=np.float32)
+    t = offsets.shape[0]
+    if feats.shape[0] < 2 * t:
+        raise InputError(f"{root}: {kind} features cover {feats.shape[0]} steps, expected {2 * t}; "
+                         f"process the video again")
+    if kind == "mel":
+        pitch = pitch_from_mel(feats)
+    elif (root / "features" / "mel.npz").exists():
+        pitch = pitch_from_mel(ds.features("mel"))
+    else:
+        pitch = pitch_from_audio(ds.audio(), num_frames=t)
+    clips = []
+    for split in splits:
+        a, b = ds.meta["split"][split]
+        if b - a >= min_frames:
+            clips.append(MotionClip(name=f"{root}:{split}", features=feats[2 * a: 2 * b].astype(np.float32),
+                                    pitch=pitch[2 * a: 2 * b], offsets=offsets[a:b]))
+    return clips
+
+
+def load_clips(paths: Sequence[str | os.PathLike], kind: str, splits: Sequence[str] = ("train",),
+               min_frames: int = 8) -> list[MotionClip]:
+    """Clips of every processed dataset found under ``paths`` (see :func:`find_datasets`)."""
+    clips: list[MotionClip] = []
+    for root in find_datasets(paths):
+        clips.extend(load_dataset_clips(root, kind, splits, min_frames))
+    return clips
+
+
+# --- measures on landmarks ---------------------------------------------------------------------
+
+UPPER_LIP_68, LOWER_LIP_68 = 62, 66
+"""Inner-lip centre points of the iBUG 68 layout."""
+
+
+def mouth_opening(offsets: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """Change of the inner-lip gap (in inter-ocular distances) ``[...]`` from offsets ``[..., 68, 3]``.
+
+    Head space has y pointing down, so a lower lip moving down opens the mouth.
+    """
+    return offsets[..., LOWER_LIP_68, 1] - offsets[..., UPPER_LIP_68, 1]
