@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import InputError
-
-FEATURE_RATE = 50
-"""Audio feature frames per second (two per video frame)."""
-MEL_F0, MEL_VOICING, MEL_ENERGY = 80, 81, 82
-"""Channels of the ``mel`` features after the 80 log-mel bins: f0 (Hz, 0 unvoiced), voicing, energy."""
 
 
 @dataclass
@@ -101,17 +97,72 @@ class ClipSet:
         return feats, pitch, offsets, n
 
 
-class WindowSampler:
-    """Endless random batches of windows from a :class:`WindowSource` (one RNG stream per rank)."""
+@dataclass
+class VoiceAugment:
+    """Random changes of voice applied to ``mel`` windows, so a model heard few speakers generalises.
 
-    def __init__(self, source: WindowSource, window: int, batch_size: int, seed: int = 0) -> None:
+    Each window gets one vocal-tract-length warp of the mel spectrum (frequencies scaled by a factor),
+    one pitch factor (f0 and the pitch channel) and one loudness change (log-mel and energy).
+    """
+
+    warp: float = 0.12
+    """Frequency scale factors are drawn from [1 - warp, 1 + warp]."""
+    pitch: float = 1.6
+    """f0 factors are drawn log-uniformly from [1 / pitch, pitch]."""
+    gain_db: float = 10.0
+    """Loudness changes are drawn from [-gain_db, gain_db] dB."""
+
+    def __call__(self, features: np.ndarray, pitch: np.ndarray, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Augmented copies of ``mel`` features ``[2W, 83]`` and f0 ``[2W]`` (Hz)."""
+        from ..features.mel import ENERGY_COLUMN, F0_COLUMN, F0_SPAN, LOG_FLOOR
+
+        feats = features.copy()
+        n_mels = F0_COLUMN
+        centres = _mel_centres()
+        alpha = rng.uniform(1 - self.warp, 1 + self.warp)
+        src = np.interp(centres / alpha, centres, np.arange(n_mels))  # fractional source band of each band
+        lo = np.floor(src).astype(int)
+        hi = np.minimum(lo + 1, n_mels - 1)
+        w = (src - lo).astype(np.float32)
+        feats[:, :n_mels] = features[:, lo] * (1 - w) + features[:, hi] * w
+        floor = np.log10(LOG_FLOOR)
+        gain = rng.uniform(-self.gain_db, self.gain_db) / 10.0  # log10 power units
+        cols = list(range(n_mels)) + [ENERGY_COLUMN]
+        feats[:, cols] = np.where(feats[:, cols] > floor, np.maximum(feats[:, cols] + gain, floor), floor)
+        beta = float(np.exp(rng.uniform(-np.log(self.pitch), np.log(self.pitch))))
+        voiced = feats[:, F0_COLUMN] > 0
+        feats[:, F0_COLUMN] = np.where(voiced, np.maximum(feats[:, F0_COLUMN] + np.log(beta) / np.log(F0_SPAN), 1e-3),
+                                       0.0)
+        return feats, np.where(pitch > 0, pitch * beta, 0.0).astype(np.float32)
+
+
+@lru_cache(maxsize=1)
+def _mel_centres() -> np.ndarray:
+    from ..features.mel import mel_centres
+
+    return np.asarray(mel_centres(), dtype=np.float64)
+
+
+class WindowSampler:
+    """Endless random batches of windows from a :class:`WindowSource` (one RNG stream per rank).
+
+    ``augment(features, pitch, rng) -> (features, pitch)`` changes each window (e.g. :class:`VoiceAugment`).
+    """
+
+    def __init__(self, source: WindowSource, window: int, batch_size: int, seed: int = 0,
+                 augment: Callable[[np.ndarray, np.ndarray, np.random.Generator],
+                                   tuple[np.ndarray, np.ndarray]] | None = None) -> None:
         self.source = source
         self.window = window
         self.batch_size = batch_size
         self.rng = np.random.default_rng(seed)
+        self.augment = augment
 
     def next(self) -> MotionBatch:
         items = [self.source.sample(self.rng, self.window) for _ in range(self.batch_size)]
+        if self.augment is not None:
+            items = [(*self.augment(f, p, self.rng), o, n) for f, p, o, n in items]
         mask = np.zeros((self.batch_size, self.window), np.float32)
         for i, item in enumerate(items):
             mask[i, : item[3]] = 1.0
@@ -126,9 +177,9 @@ class WindowSampler:
 
 def pitch_from_mel(features: np.ndarray) -> np.ndarray:
     """f0 ``[2T]`` in Hz (0 where unvoiced) from ``mel`` features ``[2T, 83]``."""
-    f0 = np.asarray(features[:, MEL_F0], dtype=np.float32)
-    voiced = np.asarray(features[:, MEL_VOICING], dtype=np.float32) > 0.5
-    return np.where(voiced & (f0 > 0), f0, 0.0).astype(np.float32)
+    from ..features.mel import f0_hz
+
+    return f0_hz(features).astype(np.float32)
 
 
 def pitch_from_audio(audio: np.ndarray, num_frames: int | None = None) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 Run once by a maintainer (``python -m geneface.synth.make_default_speech``); the result is committed.
 It is English speech from espeak-ng 1.51's ``en-us+f3`` voice at 150 words a minute, resampled to
-16 kHz mono and stored as 16-bit FLAC (about 10 s, well under 400 KB).
+16 kHz mono and stored as 16-bit FLAC (10.9 s, 216 KB).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ ASSET = Path(__file__).resolve().parent.parent / "assets" / "speech.flac"
 def main() -> None:
     audio = speak(TEXT, voice=VOICE, speed=SPEED)
     write_audio(ASSET, audio)
+    ASSET.chmod(0o644)  # atomic writes create private temporary files; package data must be readable
     print(f"wrote {ASSET}: {len(audio) / 16000:.2f} s, {ASSET.stat().st_size / 1024:.0f} KB")
 
 

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from ..errors import InputError
-from ..face import FACE_OVAL, FaceMesh
+from ..face import FACE_OVAL, FaceDetector, FaceMesh
 
 
 def default_face() -> np.ndarray:
@@ -51,6 +51,37 @@ def _largest_face(faces: list[np.ndarray]) -> np.ndarray:
     return max(faces, key=lambda p: np.ptp(p[:, 0]) * np.ptp(p[:, 1]))
 
 
+def _square(rgb: np.ndarray, left: int, top: int, side: int) -> np.ndarray:
+    """The square ``[side, side, 3]`` at (left, top), padded by reflection where it leaves the image."""
+    h, w = rgb.shape[:2]
+    pad = max(0, -left, -top, left + side - w, top + side - h)
+    if pad:
+        rgb = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
+    return rgb[top + pad : top + pad + side, left + pad : left + pad + side]
+
+
+def _face_outline(rgb: np.ndarray, mesh: FaceMesh) -> np.ndarray:
+    """The largest face's outline ``[36, 2]`` in photo pixels.
+
+    The mesh's own detector is short-range; for a small face in a big or wide photo, a full-range
+    detector finds it first and the mesh runs on a square around it.
+    """
+    faces = mesh(rgb)
+    if faces:
+        return _largest_face(faces)[FACE_OVAL, :2]
+    with FaceDetector(full_range=True) as detector:
+        boxes, _ = detector(rgb)
+    if len(boxes):
+        x0, y0, x1, y1 = boxes[np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))]
+        side = int(round(2.5 * max(x1 - x0, y1 - y0)))
+        left, top = int(round((x0 + x1 - side) / 2)), int(round((y0 + y1 - side) / 2))
+        zoom = 384 / side
+        faces = mesh(cv2.resize(_square(rgb, left, top, side), (384, 384), interpolation=cv2.INTER_CUBIC))
+        if faces:
+            return _largest_face(faces)[FACE_OVAL, :2] / zoom + [left, top]
+    raise InputError("no face found in the photo; use a clear, roughly frontal portrait")
+
+
 def crop_face(face: np.ndarray, size: int, face_fraction: float = 0.42,
               face_center_y: float = 0.42) -> tuple[np.ndarray, np.ndarray]:
     """Crop a square around the face and resize it to ``size``; track the mesh on the crop.
@@ -66,10 +97,7 @@ def crop_face(face: np.ndarray, size: int, face_fraction: float = 0.42,
     rgb = as_rgb(face)
     h, w = rgb.shape[:2]
     with FaceMesh(video=False) as mesh:
-        faces = mesh(rgb)
-        if not faces:
-            raise InputError("no face found in the photo; use a clear, roughly frontal portrait")
-        oval = _largest_face(faces)[FACE_OVAL, :2]
+        oval = _face_outline(rgb, mesh)
         x0, y0 = oval.min(0)
         x1, y1 = oval.max(0)
         side = max(x1 - x0, 0.8 * (y1 - y0)) / face_fraction
@@ -80,10 +108,7 @@ def crop_face(face: np.ndarray, size: int, face_fraction: float = 0.42,
         if side <= h:
             top = float(np.clip(top, 0, h - side))
         side, left, top = int(round(side)), int(round(left)), int(round(top))
-        pad = max(0, -left, -top, left + side - w, top + side - h)
-        if pad:
-            rgb = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
-        square = rgb[top + pad : top + pad + side, left + pad : left + pad + side]
+        square = _square(rgb, left, top, side)
         interp = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
         crop = cv2.resize(square, (size, size), interpolation=interp)
         faces = mesh(crop)

@@ -71,7 +71,7 @@ class MouthTrack:
 
 
 def default_speech() -> np.ndarray:
-    """The bundled English speech clip (espeak-ng, about 10 s): 16 kHz mono float32 ``[N]``."""
+    """The bundled English speech clip (espeak-ng, 10.9 s): 16 kHz mono float32 ``[N]``."""
     asset = resources.files("geneface") / "assets" / "speech.flac"
     with resources.as_file(asset) as path:
         return read_audio(path)
@@ -199,7 +199,7 @@ def _spectral_targets(audio: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     return open_, width, np.zeros_like(open_)
 
 
-def mouth_track(audio: np.ndarray, use_phones: bool = True, open_sigma: float = 0.03,
+def mouth_track(audio: np.ndarray, use_phones: bool = True, open_sigma: float = 0.04,
                 width_sigma: float = 0.05) -> MouthTrack:
     """Analyse 16 kHz mono speech ``[N]`` into mouth controls at 100 Hz.
 

@@ -1,0 +1,44 @@
+"""Adapt a pretrained audio2motion run (for instance one trained on a corpus) to one person: a residual
+postnet learns, adversarially against the person's real landmarks and with the SyncNet keeping the lips in
+sync, to make the generator's motion look like the person's. Writes a complete motion run to --out."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from ..device import DEVICES
+from .cliutil import add_config_options, config_from_args
+
+TRAIN_OPTIONS = ["steps", "batch_size", "window", "lr", "disc_lr", "temperature", "save_every", "log_every", "seed"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .train import PostnetTrainConfig
+
+    p.add_argument("--person", type=Path, required=True, help="the person's processed dataset folder")
+    p.add_argument("--init", type=Path, required=True, help="the pretrained motion run to adapt")
+    p.add_argument("--out", type=Path, required=True, help="run folder to write (or resume)")
+    p.add_argument("--audio", type=Path, nargs="+", default=None,
+                   help="processed clips of other speakers whose audio also drives the adversarial and "
+                        "SyncNet terms (default: the person's own audio only)")
+    add_config_options(p, PostnetTrainConfig, TRAIN_OPTIONS)
+    p.add_argument("--device", choices=DEVICES, default="auto", help="where to train")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard scalars to RUN/tensorboard (needs the tensorboard package)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .train import PostnetTrainConfig, close_distributed, train_postnet
+
+    config = config_from_args(PostnetTrainConfig, args, TRAIN_OPTIONS)
+    try:
+        metrics = train_postnet(args.person, args.init, args.out, audio=args.audio, config=config,
+                                device=args.device, tensorboard=args.tensorboard)
+    finally:
+        close_distributed()
+    if os.environ.get("RANK", "0") == "0":
+        print("metrics: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                      for k, v in metrics.items()))
+    return 0

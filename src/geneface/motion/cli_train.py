@@ -1,0 +1,49 @@
+"""Train the landmark SyncNet, then the audio2motion generator, on one person or on a corpus of processed
+clips (every folder with a meta.json under the given paths). `--init RUN` fine-tunes a pretrained run.
+Rerunning the same command resumes an interrupted run. For several processes or GPUs, start it with
+torchrun, e.g. `torchrun --nproc_per_node 2 -m geneface.cli train motion --data ... --out ...`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from ..device import DEVICES
+from .cliutil import add_config_options, config_from_args
+from .presets import PRESETS
+
+TRAIN_OPTIONS = ["steps", "syncnet_steps", "batch_size", "window", "lr", "syncnet_lr", "sync_min_auc",
+                 "save_every", "log_every", "seed"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .train import MotionTrainConfig
+
+    p.add_argument("--data", type=Path, nargs="+", required=True,
+                   help="processed dataset folders, or folders holding processed clips below them")
+    p.add_argument("--out", type=Path, required=True, help="run folder to write (or resume)")
+    p.add_argument("--init", type=Path, default=None, help="a trained motion run to start from (fine-tuning)")
+    p.add_argument("--features", default=None,
+                   help="audio feature kind to train on: mel, whisper or hubert (default: the --init run's, else mel)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="geneface",
+                   help="model sizes of a new run: geneface (the original's), small (faster on a CPU), tiny (tests)")
+    add_config_options(p, MotionTrainConfig, TRAIN_OPTIONS)
+    p.add_argument("--device", choices=DEVICES, default="auto", help="where to train")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard scalars to RUN/tensorboard (needs the tensorboard package)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .train import MotionTrainConfig, close_distributed, train_motion
+
+    config = config_from_args(MotionTrainConfig, args, TRAIN_OPTIONS)
+    try:
+        metrics = train_motion(args.data, args.out, init=args.init, kind=args.features, preset_name=args.preset,
+                               config=config, device=args.device, tensorboard=args.tensorboard)
+    finally:
+        close_distributed()
+    if os.environ.get("RANK", "0") == "0":
+        print("metrics: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                      for k, v in metrics.items()))
+    return 0

@@ -1,0 +1,12 @@
+"""The person renderer: a landmark-conditioned head NeRF in canonical head space and a 2-D torso field,
+composited over the static background (DESIGN.md step 7).
+
+``geneface train render`` trains one (`train_render`); `PersonRenderer` renders frames for inference.
+"""
+
+from .model import ModelConfig, PersonModel, RenderOutput
+from .renderer import PersonRenderer
+from .train import RenderTrainConfig, RenderTrainer, TrainingError, train_render
+
+__all__ = ["ModelConfig", "PersonModel", "PersonRenderer", "RenderOutput", "RenderTrainConfig", "RenderTrainer",
+           "TrainingError", "train_render"]

@@ -1,0 +1,462 @@
+"""The person model: landmark condition, head NeRF, occupancy grid, torso field and background, with the
+ray marcher, the full-frame renderer and the training losses of both phases."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .fields import HeadField, LandmarkCondition, TorsoField
+from .occupancy import OccupancyGrid
+from .volume import distortion, image_rays, over, ray_box, render_weights
+
+PARTS = ("full", "person", "head")
+
+
+@dataclass
+class ModelConfig:
+    """Sizes of the person model's parts (saved with a run; the defaults suit 128-512 px)."""
+
+    resolutions: tuple[int, ...] = (32, 64, 128)
+    """Tri-plane resolutions of the head encoding, coarse to fine."""
+    channels: int = 4
+    """Feature channels per plane and level."""
+    embed_dim: int = 16
+    """Size of each region's landmark embedding."""
+    hidden: int = 64
+    """Width of the MLPs."""
+    layers: int = 1
+    """Hidden layers of the head's density MLP."""
+    geo_dim: int = 15
+    """Geometry feature passed from the density to the colour MLP."""
+    code_dim: int = 4
+    """Per-frame appearance (lighting) code size; inference uses the zero code."""
+    grid_resolution: int = 64
+    """Cells per side of the occupancy grid."""
+    density_threshold: float = 1.0
+    """Density (per head unit) below which a cell counts as empty."""
+    train_samples: int = 64
+    """Samples per ray through the head box while training."""
+    infer_samples: int = 64
+    """Samples per ray through the head box when rendering."""
+    torso_resolutions: tuple[int, ...] = (16, 32, 64, 128)
+    """Plane resolutions of the torso encoding."""
+    torso_channels: int = 4
+    """Feature channels of the torso planes."""
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model options {sorted(unknown)}")
+        d = dict(d)
+        for key in ("resolutions", "torso_resolutions"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+@dataclass
+class PersonGeometry:
+    """What the model needs to know about the person's data (from the dataset; saved with a run)."""
+
+    size: int
+    """Training frame side in pixels."""
+    intrinsics: list[list[float]]
+    """3x3 camera intrinsics at ``size``."""
+    box_lo: list[float]
+    """Lower corner of the head box in head space."""
+    box_hi: list[float]
+    """Upper corner of the head box."""
+    region_lo: list[list[float]] = field(default_factory=list)
+    """[R, 3] lower corners of the landmark regions' boxes (mouth, eyes)."""
+    region_hi: list[list[float]] = field(default_factory=list)
+    """[R, 3] upper corners."""
+    num_frames: int = 1
+    """Frames in the training clip (one appearance code each)."""
+
+
+@dataclass
+class RenderOutput:
+    """Rendered frames."""
+
+    rgb: Tensor
+    """[B, H, W, 3] in [0, 1]: over the background (``parts="full"``), else premultiplied by ``alpha``."""
+    alpha: Tensor
+    """[B, H, W] coverage of what was rendered (1 everywhere for ``full``)."""
+    depth: Tensor
+    """[B, H, W] camera z-depth of the head (head units), 0 where the head is absent."""
+    head_alpha: Tensor
+    """[B, H, W] coverage of the head alone."""
+    head_rgb: Tensor
+    """[B, H, W, 3] the head alone, premultiplied by ``head_alpha``."""
+
+
+@dataclass
+class RayBatch:
+    """Training rays of B frames."""
+
+    frames: Tensor
+    """[B] dataset frame index (appearance code)."""
+    window: Tensor
+    """[B, 5, 68, 3] landmark offsets of the frames' windows."""
+    c2w: Tensor
+    """[B, 4, 4] cameras."""
+    ray_frame: Tensor
+    """[N] index into the B frames."""
+    u: Tensor
+    """[N] pixel x (centres at +0.5)."""
+    v: Tensor
+    """[N] pixel y."""
+    rgb: Tensor
+    """[N, 3] target colour in [0, 1]."""
+    label: Tensor
+    """[N] parsing label (0 background, 1 head, 2 torso)."""
+    bg: Tensor
+    """[N, 3] background colour."""
+    depth: Tensor | None = None
+    """[N] camera z-depth of the face surface (from the tracked mesh) where known, NaN elsewhere."""
+
+
+class PersonModel(nn.Module):
+    """Everything a run saves: build with a config and the person's geometry."""
+
+    def __init__(self, config: ModelConfig, geometry: PersonGeometry) -> None:
+        super().__init__()
+        self.config = config
+        self.geometry = geometry
+        c, g = config, geometry
+        self.size = int(g.size)
+        self.condition = LandmarkCondition(embed_dim=c.embed_dim, hidden=c.hidden)
+        self.head = HeadField(tuple(g.box_lo), tuple(g.box_hi), g.region_lo, g.region_hi, resolutions=c.resolutions,
+                              channels=c.channels, embed_dim=c.embed_dim, hidden=c.hidden, layers=c.layers,
+                              geo_dim=c.geo_dim, code_dim=c.code_dim)
+        self.grid = OccupancyGrid(tuple(g.box_lo), tuple(g.box_hi), c.grid_resolution, c.density_threshold)
+        self.head_codes = nn.Embedding(g.num_frames, c.code_dim)
+        self.torso = TorsoField(c.torso_resolutions, c.torso_channels, code_dim=c.code_dim, hidden=c.hidden)
+        self.torso_codes = nn.Embedding(g.num_frames, c.code_dim)
+        nn.init.zeros_(self.head_codes.weight)
+        nn.init.zeros_(self.torso_codes.weight)
+        self.register_buffer("K", torch.tensor(g.intrinsics, dtype=torch.float32))
+        self.register_buffer("background", torch.zeros(self.size, self.size, 3, dtype=torch.uint8))
+        self.register_buffer("torso_region", torch.ones(self.size, self.size, dtype=torch.bool))
+        self.register_buffer("pose_mean", torch.zeros(12))
+        self.register_buffer("pose_std", torch.ones(12))
+        self.amp_dtype: torch.dtype | None = None  # the fields run under autocast with this dtype (CUDA)
+
+    def _autocast(self):
+        if self.amp_dtype is None or self.K.device.type != "cuda":
+            return nullcontext()
+        return torch.autocast("cuda", dtype=self.amp_dtype)
+
+    # --- person data ------------------------------------------------------------------------------
+    def set_person(self, background: Tensor, torso_region: Tensor, c2w: Tensor, offsets: Tensor) -> None:
+        """Store the background [S, S, 3] uint8, the torso's pixel region [S, S] bool, and the pose and
+        landmark statistics of the training frames (c2w [T, 4, 4], offsets [T, 68, 3])."""
+        self.background.copy_(background)
+        self.torso_region.copy_(torso_region)
+        p = c2w[:, :3, :4].reshape(-1, 12)
+        self.pose_mean.copy_(p.mean(0))
+        self.pose_std.copy_(p.std(0).clamp_min(1e-3))
+        self.condition.set_statistics(offsets)
+
+    def pose_features(self, c2w: Tensor) -> Tensor:
+        """Normalised head pose [B, 12] of cameras [B, 4, 4] (the torso's condition)."""
+        return (c2w[:, :3, :4].reshape(-1, 12) - self.pose_mean) / self.pose_std
+
+    # --- head ------------------------------------------------------------------------------------
+    def density_at(self, x: Tensor, cond: Tensor) -> Tensor:
+        """Head density [N] at x [N, 3] for one frame's condition cond [R, E]."""
+        return self.head.density(x, cond[None], torch.zeros(x.shape[0], dtype=torch.long, device=x.device))[0]
+
+    def render_head(self, o: Tensor, d: Tensor, cond: Tensor, ray_frame: Tensor, code: Tensor, samples: int,
+                    perturb: bool = False, segments: int = 8, stop_transmittance: float = 1e-4,
+                    min_weight: float = 1e-3, visible: Tensor | None = None,
+                    target_depth: Tensor | None = None) -> dict[str, Tensor]:
+        """March rays o, d [N, 3] through the head box.
+
+        cond [B, R, E] and code [B, A] per frame, ray_frame [N] picks a ray's frame. ``samples`` points per
+        ray, evenly spaced between the box entry and exit (jittered when ``perturb``). Two passes:
+        1. without gradients, densities at the points in occupied cells, marched in ``segments`` chunks
+           that stop once a ray's transmittance is below ``stop_transmittance``;
+        2. with gradients enabled: density and colour again at the points that were reached (in occupied
+           cells, before the ray stopped), and weights from them; without gradients: colour only where the
+           weight is at least ``min_weight``.
+        Returns premultiplied ``rgb`` [N, 3], ``alpha`` [N] and ``depth`` [N] (expected z-depth, not
+        normalised by alpha). ``visible`` (bool [res^3]), if given, gets the occupancy cells of the points
+        seen with a transmittance above 1e-3 set. With ``target_depth`` [N] (NaN: none) also
+        ``depth_error`` [N]: ``sum_i w_i |t_i - target|``, how far the ray's weight lies from that depth.
+        """
+        n = o.shape[0]
+        dev = o.device
+        rgb = torch.zeros(n, 3, device=dev)
+        alpha = torch.zeros(n, device=dev)
+        depth = torch.zeros(n, device=dev)
+        near, far, hit = ray_box(o, d, self.head.lo, self.head.hi)
+        rays = hit.nonzero()[:, 0]
+        if rays.numel() == 0:
+            return {"rgb": rgb, "alpha": alpha, "depth": depth, "distortion": torch.zeros(n, device=dev),
+                    "depth_error": torch.zeros(n, device=dev)}
+        m = rays.numel()
+        o, d, near, far, fr = o[rays], d[rays], near[rays], far[rays], ray_frame[rays]
+        step = (far - near) / samples  # [M]
+        delta = (step * d.norm(dim=-1))[:, None].expand(m, samples)  # world distance between samples [M, S]
+        k = torch.arange(samples, device=dev, dtype=torch.float32)
+        jitter = torch.rand(m, samples, device=dev) if perturb else 0.5
+        t = near[:, None] + (k + jitter) * step[:, None]  # [M, S]
+        lo, span = self.head.lo, self.head.hi - self.head.lo
+        occ = self.grid.query_normalised(((o - lo) / span * 2 - 1)[:, None] + t[..., None] * (d / span * 2)[:, None])
+
+        def points(i: Tensor, j: Tensor) -> Tensor:
+            return o[i] + t[i, j, None] * d[i]
+
+        # 1. densities without gradients, marching segment by segment
+        sigma0 = torch.zeros(m, samples, device=dev)
+        reached = torch.zeros(m, samples, dtype=torch.bool, device=dev)
+        trans = torch.ones(m, device=dev)
+        alive = torch.ones(m, dtype=torch.bool, device=dev)
+        geo_parts: list[tuple[Tensor, Tensor, Tensor]] = []  # kept for colour when not training
+        bounds = [round(samples * i / segments) for i in range(segments + 1)]
+        with torch.no_grad():
+            for s0, s1 in zip(bounds[:-1], bounds[1:]):
+                seg = occ[:, s0:s1] & alive[:, None]
+                reached[:, s0:s1] = seg
+                idx = seg.nonzero()
+                if idx.numel():
+                    i, j = idx[:, 0], s0 + idx[:, 1]
+                    with self._autocast():
+                        s, geo = self.head.density(points(i, j), cond, fr[i])
+                    sigma0[i, j] = s.float()
+                    if not torch.is_grad_enabled():
+                        geo_parts.append((i, j, geo))
+                trans = trans * torch.exp(-(sigma0[:, s0:s1] * delta[:, s0:s1]).sum(1))
+                alive = alive & (trans > stop_transmittance)
+                if not alive.any():
+                    break
+
+        if visible is not None:
+            tau = sigma0 * delta
+            seen = occ & (torch.exp(-(torch.cumsum(tau, 1) - tau)) > 1e-3)
+            i, j = seen.nonzero().unbind(1)
+            cells, _ = self.grid.cell_index(points(i, j))
+            visible[cells] = True
+
+        # 2. the network where it matters
+        color = torch.zeros(m, samples, 3, device=dev)
+        if torch.is_grad_enabled():
+            idx = reached.nonzero()
+            sigma = torch.zeros(m, samples, device=dev)
+            if idx.numel():
+                i, j = idx[:, 0], idx[:, 1]
+                with self._autocast():
+                    s, geo = self.head.density(points(i, j), cond, fr[i])
+                    c = self.head.color(geo, code[fr[i]])
+                sigma = sigma.index_put((i, j), s.float())
+                color = color.index_put((i, j), c.float())
+        else:
+            sigma = sigma0
+            heavy = render_weights(sigma0, delta) >= min_weight
+            for i, j, geo in geo_parts:
+                sel = heavy[i, j]
+                if sel.any():
+                    with self._autocast():
+                        c = self.head.color(geo[sel], code[fr[i[sel]]])
+                    color[i[sel], j[sel]] = c.float()
+        w = render_weights(sigma, delta)
+        rgb = rgb.index_put((rays,), (w[..., None] * color).sum(1))
+        alpha = alpha.index_put((rays,), w.sum(1))
+        depth = depth.index_put((rays,), (w * t).sum(1))
+        out = {"rgb": rgb, "alpha": alpha, "depth": depth}
+        if torch.is_grad_enabled():  # on the ray's box interval mapped to [0, 1]
+            pos = ((k + jitter) / samples) * torch.ones_like(w)
+            out["distortion"] = torch.zeros(n, device=dev).index_put(
+                (rays,), distortion(w, pos, torch.full_like(w, 1 / samples)))
+        if target_depth is not None:
+            z = target_depth[rays]
+            err = (w * (t - z.nan_to_num()[:, None]).abs()).sum(1)
+            out["depth_error"] = torch.zeros(n, device=dev).index_put((rays,), torch.where(z.isnan(), 0.0, err))
+        return out
+
+    @torch.no_grad()
+    def update_occupancy(self, window: Tensor, decay: float = 0.9) -> float:
+        """Refresh the occupancy grid with the condition of one frame's window [5, 68, 3] (a callback
+        of the trainer). Returns the occupied fraction."""
+        cond = self.condition(window[None])[0]
+        return self.grid.update(lambda x: self.density_at(x, cond), decay=decay)
+
+    @torch.no_grad()
+    def prune_invisible(self, c2w: Tensor, windows: Tensor, chunk: int = 1 << 16) -> float:
+        """Mark occupied cells that no view of c2w [F, 4, 4] (with landmark windows [F, 5, 68, 3]) sees
+        as empty (the head's inside), keeping a one-cell margin; returns the occupied fraction."""
+        r = self.grid.resolution
+        visible = torch.zeros(r ** 3, dtype=torch.bool, device=self.K.device)
+        zero = torch.zeros(1, self.config.code_dim, device=self.K.device)
+        for i in range(c2w.shape[0]):
+            o, d = image_rays(c2w[i:i + 1], self.K, self.size, self.size)
+            o, d = o.reshape(-1, 3), d.reshape(-1, 3)
+            cond = self.condition(windows[i:i + 1])
+            frame = torch.zeros(o.shape[0], dtype=torch.long, device=o.device)
+            for j in range(0, o.shape[0], chunk):
+                self.render_head(o[j:j + chunk], d[j:j + chunk], cond, frame[j:j + chunk], zero,
+                                 self.config.infer_samples, visible=visible)
+        grown = F.max_pool3d(visible.view(1, 1, r, r, r).float(), 3, stride=1, padding=1)[0, 0] > 0
+        self.grid.occupied &= grown
+        return float(self.grid.occupied.float().mean())
+
+    # --- torso -----------------------------------------------------------------------------------
+    def render_torso(self, u: Tensor, v: Tensor, size: int, pose: Tensor, ray_frame: Tensor, code: Tensor
+                     ) -> tuple[Tensor, Tensor]:
+        """Torso colour [N, 3] and alpha [N] at pixels u, v [N] of a ``size`` image; pose [B, 12] and
+        code [B, A] per frame. Alpha is 0 outside the torso's region."""
+        uv = torch.stack([u, v], -1) / size * 2 - 1
+        ri = (v / size * self.size).long().clamp(0, self.size - 1)
+        ci = (u / size * self.size).long().clamp(0, self.size - 1)
+        inside = self.torso_region[ri, ci]
+        rgb = torch.zeros(u.shape[0], 3, device=u.device)
+        alpha = torch.zeros(u.shape[0], device=u.device)
+        idx = inside.nonzero()[:, 0]
+        if idx.numel():
+            fr = ray_frame[idx]
+            with self._autocast():
+                c, a = self.torso(uv[idx], pose[fr], code[fr])
+            rgb = rgb.index_put((idx,), c.float())
+            alpha = alpha.index_put((idx,), a.float())
+        return rgb, alpha
+
+    def background_at(self, size: int) -> Tensor:
+        """The background [size, size, 3] float in [0, 1]."""
+        bg = self.background.float().div(255)
+        if size != self.size:
+            bg = F.interpolate(bg.permute(2, 0, 1)[None], size=(size, size), mode="bilinear", antialias=True,
+                               align_corners=False)[0].permute(1, 2, 0)
+        return bg
+
+    # --- full frames -----------------------------------------------------------------------------
+    def render_images(self, c2w: Tensor, window: Tensor, size: int | None = None, parts: str = "full",
+                      chunk: int = 1 << 16) -> RenderOutput:
+        """Render B frames: c2w [B, 4, 4], window [B, 5, 68, 3] (or [B, 68, 3]) -> `RenderOutput` at
+        ``size`` (default: the training size); ``parts``: full, person (head + torso) or head."""
+        if parts not in PARTS:
+            raise ValueError(f"parts must be one of {PARTS}, got {parts!r}")
+        size = int(size or self.size)
+        b = c2w.shape[0]
+        dev = self.K.device
+        c2w = c2w.to(dev, torch.float32)
+        K = self.K.clone()
+        K[:2] *= size / self.size
+        cond = self.condition(window.to(dev, torch.float32))
+        zero = torch.zeros(b, self.config.code_dim, device=dev)
+        o, d = image_rays(c2w, K, size, size)
+        o, d = o.reshape(-1, 3), d.reshape(-1, 3)
+        n = o.shape[0]
+        ray_frame = torch.arange(b, device=dev).repeat_interleave(size * size)
+        # only the rays that may meet an occupied cell
+        rays = self.grid.footprint(c2w, K, size).reshape(-1).nonzero()[:, 0]
+        h_rgb = torch.zeros(n, 3, device=dev)
+        h_alpha = torch.zeros(n, device=dev)
+        h_depth = torch.zeros(n, device=dev)
+        for i in range(0, rays.numel(), chunk):
+            sel = rays[i:i + chunk]
+            r = self.render_head(o[sel], d[sel], cond, ray_frame[sel], zero, self.config.infer_samples)
+            h_rgb[sel], h_alpha[sel], h_depth[sel] = r["rgb"], r["alpha"], r["depth"]
+        h_depth = torch.where(h_alpha > 1e-4, h_depth / h_alpha.clamp_min(1e-4), torch.zeros_like(h_depth))
+        rgb, alpha = h_rgb, h_alpha
+        if parts != "head":
+            v, u = torch.meshgrid(torch.arange(size, device=dev) + 0.5, torch.arange(size, device=dev) + 0.5,
+                                  indexing="ij")
+            u, v = u.reshape(-1).repeat(b), v.reshape(-1).repeat(b)
+            t_rgb, t_alpha = self.render_torso(u, v, size, self.pose_features(c2w), ray_frame, zero)
+            if parts == "full":
+                bg = self.background_at(size).reshape(-1, 3).repeat(b, 1)
+                rgb = over(h_rgb, h_alpha, over(t_rgb * t_alpha[:, None], t_alpha, bg))
+                alpha = torch.ones_like(h_alpha)
+            else:
+                rgb = over(h_rgb, h_alpha, t_rgb * t_alpha[:, None])
+                alpha = h_alpha + (1 - h_alpha) * t_alpha
+        shape = (b, size, size)
+        return RenderOutput(rgb.reshape(*shape, 3).clamp(0, 1), alpha.reshape(shape), h_depth.reshape(shape),
+                            h_alpha.reshape(shape), h_rgb.reshape(*shape, 3).clamp(0, 1))
+
+    # --- losses ----------------------------------------------------------------------------------
+    def head_loss_dict(self, batch: RayBatch, alpha_weight: float = 0.05, code_weight: float = 1e-3,
+                       distortion_weight: float = 1e-2, depth_weight: float = 0.02,
+                       perceptual: nn.Module | None = None, perceptual_weight: float = 0.0, patch: int = 0
+                       ) -> tuple[dict[str, Tensor], Tensor]:
+        """Head phase: composited over a random colour per ray, the head should give the frame's colour on
+        head pixels and the random colour elsewhere (so its alpha follows the head label and it cannot
+        borrow the background's colour). Rays through tracked mesh vertices (``batch.depth``) pull the
+        head's surface to the mesh's depth, which the near-frontal views alone leave ambiguous. With
+        ``perceptual`` (LPIPS: two [B, 3, P, P] images in [-1, 1] -> [B]), the first ``patch``^2 rays of
+        each frame form a mouth patch that also gets a perceptual loss. Returns (weighted losses,
+        predicted rgb [N, 3] composited over the true background)."""
+        cond = self.condition(batch.window)
+        code = self.head_codes(batch.frames)
+        o, d = _batch_rays(batch, self.K)
+        out = self.render_head(o, d, cond, batch.ray_frame, code, self.config.train_samples, perturb=True,
+                               target_depth=batch.depth)
+        is_head = batch.label == 1
+        behind = torch.rand_like(batch.rgb)
+        target = torch.where(is_head[:, None], batch.rgb, behind)
+        pred = over(out["rgb"], out["alpha"], behind)
+        losses = {"rgb": F.mse_loss(pred, target),
+                  "alpha": alpha_weight * F.mse_loss(out["alpha"], is_head.float()),
+                  "distortion": distortion_weight * out["distortion"].mean(),
+                  "code": code_weight * code.pow(2).mean()}
+        if batch.depth is not None and depth_weight > 0:
+            known = (~batch.depth.isnan() & is_head).float()
+            losses["depth"] = depth_weight * (out["depth_error"] * known).sum() / known.sum().clamp_min(1)
+        if perceptual is not None and patch > 0 and perceptual_weight > 0:
+            b = batch.frames.shape[0]
+            per = pred.shape[0] // b
+
+            def patches(x: Tensor) -> Tensor:
+                return x.view(b, per, 3)[:, :patch * patch].reshape(b, patch, patch, 3).permute(0, 3, 1, 2) * 2 - 1
+
+            losses["perceptual"] = perceptual_weight * perceptual(patches(pred), patches(target)).mean()
+        return losses, over(out["rgb"], out["alpha"], torch.where(is_head[:, None], batch.bg, batch.rgb))
+
+    def torso_loss_dict(self, batch: RayBatch, alpha_weight: float = 0.02, code_weight: float = 1e-3
+                        ) -> tuple[dict[str, Tensor], Tensor]:
+        """Torso phase (head frozen): head over torso over background should give the frame; the torso's
+        alpha follows the torso label where the head does not cover it."""
+        with torch.no_grad():
+            cond = self.condition(batch.window)
+            o, d = _batch_rays(batch, self.K)
+            head = self.render_head(o, d, cond, batch.ray_frame, self.head_codes(batch.frames),
+                                    self.config.infer_samples)
+        code = self.torso_codes(batch.frames)
+        t_rgb, t_alpha = self.render_torso(batch.u, batch.v, self.size, self.pose_features(batch.c2w),
+                                           batch.ray_frame, code)
+        pred = over(head["rgb"], head["alpha"], over(t_rgb * t_alpha[:, None], t_alpha, batch.bg))
+        free = batch.label != 1
+        target = (batch.label == 2).float()
+        alpha_loss = ((t_alpha - target).pow(2) * free).sum() / free.sum().clamp_min(1)
+        losses = {"rgb": F.mse_loss(pred, batch.rgb), "alpha": alpha_weight * alpha_loss,
+                  "code": code_weight * code.pow(2).mean()}
+        return losses, pred
+
+    def head_parameters(self) -> list[dict]:
+        """Parameter groups of the head phase (planes learn faster than the MLPs)."""
+        planes = list(self.head.encoding.parameters())
+        ids = {id(p) for p in planes}
+        rest = [p for p in list(self.head.parameters()) + list(self.condition.parameters()) if id(p) not in ids]
+        return [{"params": planes, "lr_scale": 1.0}, {"params": rest, "lr_scale": 1.0},
+                {"params": list(self.head_codes.parameters()), "lr_scale": 0.1}]
+
+    def torso_parameters(self) -> list[dict]:
+        planes = list(self.torso.encoding.parameters()) + list(self.torso.coarse.parameters())
+        ids = {id(p) for p in planes}
+        rest = [p for p in self.torso.parameters() if id(p) not in ids]
+        return [{"params": planes, "lr_scale": 1.0}, {"params": rest, "lr_scale": 1.0},
+                {"params": list(self.torso_codes.parameters()), "lr_scale": 0.1}]
+
+
+def _batch_rays(batch: RayBatch, K: Tensor) -> tuple[Tensor, Tensor]:
+    from .volume import pixel_rays
+
+    return pixel_rays(batch.c2w[batch.ray_frame], K, batch.u, batch.v)

@@ -1,0 +1,109 @@
+"""A trained renderer for inference: load a run, render batches of frames from poses and landmarks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..device import resolve_device
+from ..errors import InputError
+from ..fileio import read_json
+from ..motion.runio import load_weights
+from .fields import WINDOW
+from .model import PARTS, ModelConfig, PersonGeometry, PersonModel, RenderOutput
+from .train import RUN_FORMAT, RUN_VERSION, STATE_DIR
+
+
+class PersonRenderer:
+    """Renders a person: ``PersonRenderer.load(run_dir).render(c2w, landmarks)``.
+
+    Everything runs without gradients; frames are batched. ``landmarks`` are the dataset's ``offsets``
+    (68 points in head space minus the person's mean, over the inter-ocular distance), either one frame
+    each [B, 68, 3] or a window of 5 frames centred on each [B, 5, 68, 3] (see `windows`), which smooths
+    the condition as in training.
+    """
+
+    def __init__(self, model: PersonModel) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.device = model.K.device
+
+    @property
+    def size(self) -> int:
+        """The training frame size (the default output size)."""
+        return self.model.size
+
+    @property
+    def intrinsics(self) -> np.ndarray:
+        """[3, 3] camera intrinsics at `size`."""
+        return self.model.K.cpu().numpy()
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> "PersonRenderer":
+        """Load a finished run of `geneface train render` onto ``device`` (cpu, cuda, mps or auto)."""
+        run = Path(run_dir)
+        dev = device if isinstance(device, torch.device) else resolve_device(device)
+        if not run.is_dir():
+            raise InputError(f"no renderer folder {run} (train one with `geneface train render`)")
+        path = run / "config.json"
+        if not path.exists():
+            hint = " (training did not finish; rerun the same command to resume)" if (run / STATE_DIR).exists() else ""
+            raise InputError(f"{run} is not a trained renderer: no config.json{hint}")
+        try:
+            config = read_json(path)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InputError(f"{path} is corrupt ({e})") from None
+        if not isinstance(config, dict) or config.get("format") != RUN_FORMAT:
+            raise InputError(f"{run} is not a geneface renderer")
+        if config.get("version") != RUN_VERSION:
+            raise InputError(f"{run} has renderer version {config.get('version')}; this geneface reads "
+                             f"version {RUN_VERSION}")
+        try:
+            model = PersonModel(ModelConfig.from_dict(config["model"]), PersonGeometry(**config["geometry"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(f"{path} is corrupt ({type(e).__name__}: {e})") from None
+        load_weights(run / "model.safetensors", model)
+        return cls(model.to(dev))
+
+    @staticmethod
+    def windows(landmarks: Tensor) -> Tensor:
+        """Windows [T, 5, 68, 3] of a landmark sequence [T, 68, 3] (clamped at its ends)."""
+        t = landmarks.shape[0]
+        k = torch.arange(WINDOW, device=landmarks.device) - WINDOW // 2
+        idx = (torch.arange(t, device=landmarks.device)[:, None] + k).clamp(0, t - 1)
+        return landmarks[idx]
+
+    @torch.no_grad()
+    def render(self, c2w: Tensor, landmarks: Tensor, size: int | None = None, parts: str = "full",
+               chunk: int = 1 << 16) -> RenderOutput:
+        """Render B frames.
+
+        c2w [B, 4, 4] camera-to-head poses; landmarks [B, 68, 3] or [B, 5, 68, 3] offsets; ``size`` the
+        output side (default: the training size; intrinsics scale with it); ``parts``: ``full`` (head over
+        torso over the background), ``person`` (head and torso, premultiplied, with their alpha) or ``head``.
+        Returns a `RenderOutput` with rgb [B, H, W, 3] in [0, 1], alpha, depth and head_alpha [B, H, W].
+        """
+        # 1. check the inputs
+        c2w = torch.as_tensor(c2w)
+        landmarks = torch.as_tensor(landmarks)
+        if c2w.dim() != 3 or c2w.shape[1:] != (4, 4):
+            raise InputError(f"c2w must have shape [B, 4, 4], got {list(c2w.shape)}")
+        if landmarks.shape[-2:] != (68, 3) or landmarks.dim() not in (3, 4) or \
+                (landmarks.dim() == 4 and landmarks.shape[1] != WINDOW):
+            raise InputError(f"landmarks must have shape [B, 68, 3] or [B, {WINDOW}, 68, 3], "
+                             f"got {list(landmarks.shape)}")
+        if landmarks.shape[0] != c2w.shape[0]:
+            raise InputError(f"{c2w.shape[0]} poses but {landmarks.shape[0]} landmark frames")
+        if parts not in PARTS:
+            raise InputError(f"parts must be one of {', '.join(PARTS)}, got {parts!r}")
+        if size is not None and not 8 <= int(size) <= 4096:
+            raise InputError(f"size must be between 8 and 4096, got {size}")
+        if not (torch.isfinite(c2w).all() and torch.isfinite(landmarks).all()):
+            raise InputError("poses or landmarks contain NaN or infinity")
+        # 2. render (the fields in half precision on CUDA)
+        self.model.amp_dtype = torch.float16 if self.device.type == "cuda" else None
+        return self.model.render_images(c2w.to(self.device, torch.float32), landmarks.to(self.device, torch.float32),
+                                        size=size, parts=parts, chunk=chunk)

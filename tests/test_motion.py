@@ -1,0 +1,472 @@
+"""Motion models: SyncNet, audio2motion generator, postnet, their training, runs on disk and the CLI.
+
+Learning tests use small synthetic "people" written here in the dataset format: espeak-ng speech with the
+project's `mel` features, and landmark offsets whose jaw and lips open with the speech loudness (plus
+noise and unrelated brow motion). Person A (two voices) is the training set; person B speaks other
+sentences with another voice and is never trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter1d
+
+from geneface.errors import InputError
+from geneface.media import read_audio
+from geneface.motion import (Audio2Motion, Discriminator, MotionModel, Postnet, SyncNet, SyncNetConfig, load_clips,
+                             mouth_opening)
+from geneface.motion.layers import CouplingFlow
+from geneface.motion.presets import preset
+from geneface.motion.runio import load_optimizer, save_optimizer
+from geneface.motion.train import MotionTrainConfig, TrainingError, motion_metrics, syncnet_auc, train_motion
+
+TEXTS_A = [
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "She sells sea shells by the sea shore on a sunny morning in May.",
+    "Peter Piper picked a peck of pickled peppers for his mother.",
+    "A journey of a thousand miles begins with a single careful step.",
+    "Bright colours make the old house look warm and welcoming again.",
+    "We will meet at noon to discuss the plans for the new garden.",
+    "Numbers like seven, eleven and forty two appear in many stories.",
+    "Please open the window because the room is getting rather hot.",
+]
+TEXTS_B = [
+    "Music fills the hall while the audience waits for the concert to begin.",
+    "Every morning the baker wakes up early to prepare fresh bread and rolls.",
+]
+TINY = dict(batch_size=8, window=32, syncnet_pairs=256, warmup=20, log_every=10)
+
+
+# --- synthetic people ----------------------------------------------------------------------------
+
+def mouth_from_audio(audio: np.ndarray, num_frames: int) -> np.ndarray:
+    """Mouth opening [T] (inter-ocular distances) following the loudness of each 40 ms frame."""
+    frames = audio[: num_frames * 640].reshape(num_frames, 640)
+    db = 10 * np.log10(np.mean(frames ** 2, axis=1) + 1e-10)
+    return (0.35 * gaussian_filter1d(np.clip((db + 50) / 35, 0, 1), 0.8)).astype(np.float32)
+
+
+def offsets_from_mouth(opening: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Offsets [T, 68, 3]: lower lip and jaw move down (+y) with the opening, corners in; noise; brows drift."""
+    t = len(opening)
+    off = rng.normal(0, 0.004, (t, 68, 3)).astype(np.float32)
+    w = np.zeros(68)
+    w[[65, 66, 67]] = [0.8, 1.0, 0.8]
+    w[55:60] = [0.5, 0.8, 1.0, 0.8, 0.5]
+    w[5:12] = [0.2, 0.35, 0.5, 0.55, 0.5, 0.35, 0.2]
+    w[[61, 62, 63]] = -0.12
+    w[49:54] = -0.08
+    off[:, :, 1] += opening[:, None] * w[None]
+    off[:, [48, 60], 0] += 0.06 * opening[:, None]
+    off[:, [54, 64], 0] -= 0.06 * opening[:, None]
+    off[:, 17:27, 1] += gaussian_filter1d(rng.normal(0, 0.05, t), 10)[:, None]
+    return off
+
+
+def make_person(root: Path, texts: list[str], voices: list[tuple[str, int]], seed: int) -> Path:
+    """Write a processed-dataset folder (format v1; the files motion training reads) for synthetic speech."""
+    from geneface.features import extract_features
+    from geneface.fileio import write_json, write_npz
+    from geneface.media import write_audio
+    from geneface.synth import speak
+
+    rng = np.random.default_rng(seed)
+    parts = []
+    for i, text in enumerate(texts):
+        voice, speed = voices[i % len(voices)]
+        parts += [speak(text, voice=voice, speed=speed), np.zeros(int(16000 * rng.uniform(0.1, 0.4)), np.float32)]
+    audio = np.concatenate(parts)
+    t = len(audio) // 640
+    audio = audio[: t * 640]
+    opening = mouth_from_audio(audio, t)
+    b = t - round(t / 11)
+    write_npz(root / "motion.npz", offsets=offsets_from_mouth(opening, rng), mean68=np.zeros((68, 3), np.float32),
+              iod=np.array(0.3, np.float32))
+    write_npz(root / "features" / "mel.npz", features=extract_features("mel", audio, num_frames=t),
+              rate=np.array(50))
+    write_npz(root / "truth.npz", mouth_open=opening)
+    write_audio(root / "audio.wav", audio)
+    write_json(root / "meta.json", {"format": "geneface-dataset", "version": 1, "fps": 25, "size": 128,
+                                    "num_frames": t, "intrinsics": [[192, 0, 64], [0, 192, 64], [0, 0, 1]],
+                                    "split": {"train": [0, b], "val": [b, t]}, "features": ["mel"]})
+    return root
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models train fastest, and do not fight other processes for the cores, on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def people(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("motion_people")
+    return {"a": make_person(root / "a", TEXTS_A, [("en-us", 150), ("en-gb", 170)], seed=0),
+            "b": make_person(root / "b", TEXTS_B, [("en-us+f3", 140)], seed=1)}
+
+
+@pytest.fixture(scope="module")
+def trained_run(people, tmp_path_factory) -> Path:
+    """The tiny preset trained briefly on person A (about 10 s on one core)."""
+    out = tmp_path_factory.mktemp("motion_run") / "run"
+    train_motion([people["a"]], out, preset_name="tiny", device="cpu",
+                 config=MotionTrainConfig(syncnet_steps=250, steps=300, save_every=100, **TINY))
+    return out
+
+
+def tiny_model(seed: int = 0, postnet: bool = True) -> MotionModel:
+    torch.manual_seed(seed)
+    s, g, p = preset("tiny", 83)
+    gen = Audio2Motion(g)
+    for m in gen.modules():  # leave the identity-initialised flow outputs random too, so every part matters
+        if isinstance(m, torch.nn.Conv1d) and not m.weight.abs().sum():
+            torch.nn.init.normal_(m.weight, std=0.01)
+    gen.set_stats(torch.randn(83), torch.rand(83) + 0.5, 0.05)
+    net = Postnet(p) if postnet else None
+    if net is not None:
+        torch.nn.init.normal_(net.out.weight, std=0.01)
+    return MotionModel("mel", SyncNet(s), gen, net)
+
+
+def random_features(t: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    feats = rng.normal(-4, 1, (2 * t, 83)).astype(np.float32)
+    feats[:, 80] = np.where(rng.random(2 * t) > 0.5, rng.uniform(0.2, 0.6, 2 * t), 0)
+    return feats
+
+
+# --- modules -------------------------------------------------------------------------------------
+
+def test_flow_inverts_and_starts_as_identity():
+    flow = CouplingFlow(8, 16, 3, 2, 3, cond_channels=4)
+    x, g, mask = torch.randn(2, 8, 10), torch.randn(2, 4, 10), torch.ones(2, 1, 10)
+    identity_up_to_flips = flow(x, mask, g)
+    assert torch.allclose(identity_up_to_flips, x.flip(1) if len(flow.nets) % 2 else x)
+    for post in flow.post:
+        torch.nn.init.normal_(post.weight, std=0.5)
+    z = flow(x, mask, g)
+    assert not torch.allclose(z, x.flip(1))
+    assert torch.allclose(flow(z, mask, g, reverse=True), x, atol=1e-5)
+
+
+def test_syncnet_pairs_are_labelled_by_alignment():
+    net = SyncNet(SyncNetConfig(feature_dim=3, width=8, embed_dim=16, residual_layers=0))
+    b, w = 4, 24
+    feats = torch.zeros(b, 2 * w, 3)
+    feats[..., 0] = torch.arange(2 * w).float()  # audio step index
+    feats[..., 1] = torch.arange(b).float()[:, None]  # window index
+    offsets = torch.zeros(b, w, 68, 3)
+    offsets[..., 0] = torch.arange(w).float()[None, :, None]  # video frame index
+    offsets[..., 1] = torch.arange(b).float()[:, None, None]
+    mask = torch.ones(b, w)
+    mask[3, 12:] = 0  # a shorter clip
+    audio, mouth, label = net.sample_pairs(feats, offsets, mask, 2000, torch.Generator().manual_seed(0))
+    assert audio.shape == (2000, 10, 3) and mouth.shape == (2000, 5, 20, 3) and label.shape == (2000,)
+    a_frame, m_frame = audio[:, 0, 0] / 2, mouth[:, 0, 0, 0]
+    same = audio[:, 0, 1] == mouth[:, 0, 0, 1]
+    assert torch.all(audio[:, :, 0].diff(dim=1) == 1) and torch.all(mouth[:, :, 0, 0].diff(dim=1) == 1)
+    pos = label == 1
+    assert torch.all(same[pos] & (a_frame[pos] == m_frame[pos]))
+    assert torch.all(~same[~pos] | ((a_frame[~pos] - m_frame[~pos]).abs() >= 2))
+    assert 0.4 < pos.float().mean() < 0.6
+    assert ((~same) & ~pos).any() and (same & ~pos).any()  # foreign and shifted negatives
+    short = mouth[:, 0, 0, 1] == 3
+    assert torch.all(mouth[short][:, -1, 0, 0] < 12)  # never past a clip's valid frames
+
+
+def test_syncnet_score_shapes():
+    net = SyncNet(SyncNetConfig(feature_dim=83, width=8, embed_dim=16, residual_layers=0))
+    score = net.score(random_features(30), np.zeros((30, 68, 3), np.float32))
+    assert score.confidence.shape == (26,) and score.curve.shape == (11,)
+    assert np.all((score.confidence >= 0) & (score.confidence <= 1 + 1e-6))
+    assert -5 <= score.offset <= 5
+    with pytest.raises(ValueError):
+        net.score(random_features(3), np.zeros((3, 68, 3), np.float32))
+
+
+@pytest.mark.parametrize("t", [37, 64])
+def test_generator_shapes_and_determinism(t):
+    model = tiny_model()
+    feats = random_features(t)
+    a = model.predict(feats, seed=3)
+    assert a.shape == (t, 68, 3) and np.isfinite(a).all()
+    assert np.array_equal(a, model.predict(feats, seed=3))
+    assert not np.allclose(a, model.predict(feats, seed=4))
+    cold = model.predict(feats, temperature=0.0, seed=1)
+    assert np.array_equal(cold, model.predict(feats, temperature=0.0, seed=2))
+    # a prefix of the audio gives (nearly) the prefix of the motion: the model is convolutional in time
+    assert model.predict(feats[: 2 * (t - 8)], temperature=0.0).shape == (t - 8, 68, 3)
+
+
+def test_generator_loss_reaches_every_parameter():
+    s, g, _ = preset("tiny", 83)
+    gen, net = Audio2Motion(g), SyncNet(s).requires_grad_(False)
+    feats, pitch = torch.from_numpy(random_features(32))[None].repeat(2, 1, 1), torch.full((2, 64), 150.0)
+    offsets, mask = torch.randn(2, 32, 68, 3) * 0.05, torch.ones(2, 32)
+    mask[1, 20:] = 0
+    losses = gen.loss(feats, pitch, offsets, mask, syncnet=net, generator=torch.Generator().manual_seed(0))
+    assert set(losses) == {"mse", "continuity", "kl", "sync", "total"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["total"].backward()
+    assert all(p.grad is not None for p in gen.parameters())  # DistributedDataParallel needs every one
+
+
+def test_postnet_starts_as_identity_and_discriminator_loss():
+    cfg = preset("tiny", 83)[2]
+    net, disc = Postnet(cfg), Discriminator(cfg)
+    x, mask = torch.randn(2, 16, 68, 3), torch.ones(2, 16)
+    assert torch.equal(net(x, mask), x)
+    mask[1, 10:] = 0
+    assert disc(x, mask).shape == (26,)
+    losses = disc.loss(x, x + 1, mask)
+    assert set(losses) == {"disc_real", "disc_fake", "total"} and torch.isfinite(losses["total"])
+
+
+def test_voice_augment_keeps_pitch_consistent_and_silence_silent(people):
+    from geneface.motion.data import VoiceAugment, pitch_from_mel
+
+    clip = load_clips([people["b"]], "mel", ("train",))[0]
+    feats, pitch = clip.features[:200], clip.pitch[:200]
+    new_feats, new_pitch = VoiceAugment()(feats, pitch, np.random.default_rng(0))
+    assert new_feats.shape == feats.shape and new_feats.dtype == np.float32
+    assert np.allclose(pitch_from_mel(new_feats), new_pitch, rtol=1e-3)
+    assert np.array_equal(new_pitch > 0, pitch > 0)
+    ratio = new_pitch[pitch > 0] / pitch[pitch > 0]
+    assert np.allclose(ratio, ratio[0], rtol=1e-4) and 1 / 1.6 <= ratio[0] <= 1.6
+    silent = feats[:, 82] <= -10
+    assert np.all(new_feats[silent, 82] <= -10)
+    assert not np.allclose(new_feats[:, :80], feats[:, :80])
+
+
+# --- runs on disk --------------------------------------------------------------------------------
+
+def test_save_load_round_trip(tmp_path):
+    model = tiny_model()
+    feats = random_features(40)
+    model.save(tmp_path / "run", note="x")
+    loaded = MotionModel.load(tmp_path / "run")
+    assert loaded.postnet is not None and loaded.feature_kind == "mel" and loaded.info["note"] == "x"
+    assert np.array_equal(model.predict(feats, seed=5), loaded.predict(feats, seed=5))
+    assert not np.array_equal(loaded.predict(feats, seed=5), loaded.predict(feats, seed=5, postnet=False))
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["generator"]["hidden"] == 32
+
+
+def test_optimizer_state_round_trip(tmp_path):
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    net(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    save_optimizer(tmp_path / "opt.safetensors", opt)
+    other = torch.optim.Adam(net.parameters(), lr=0.5)
+    load_optimizer(tmp_path / "opt.safetensors", other)
+    a, b = opt.state_dict(), other.state_dict()
+    assert a["param_groups"] == b["param_groups"]
+    for k in a["state"]:
+        assert all(torch.equal(torch.as_tensor(a["state"][k][n]), torch.as_tensor(b["state"][k][n]))
+                   for n in a["state"][k])
+
+
+def test_missing_and_corrupt_runs(tmp_path):
+    with pytest.raises(InputError, match="no motion model folder"):
+        MotionModel.load(tmp_path / "nope")
+    (tmp_path / "empty" / "train_state").mkdir(parents=True)
+    with pytest.raises(InputError, match="did not finish"):
+        MotionModel.load(tmp_path / "empty")
+    run = tmp_path / "run"
+    tiny_model().save(run)
+    weights = run / "generator.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="corrupt"):
+        MotionModel.load(run)
+    weights.write_bytes(b"\x00" * 64)
+    with pytest.raises(InputError, match="corrupt"):
+        MotionModel.load(run)
+    (run / "config.json").write_text("{not json")
+    with pytest.raises(InputError, match="corrupt"):
+        MotionModel.load(run)
+
+
+def test_bad_audio_and_features():
+    model = tiny_model()
+    with pytest.raises(InputError, match="empty"):
+        model.predict_audio(np.zeros(0, np.float32))
+    with pytest.raises(InputError, match="silent"):
+        model.predict_audio(np.zeros(16000, np.float32))
+    with pytest.raises(InputError, match="384 channels.*'mel'"):
+        model.predict(np.zeros((20, 384), np.float32))
+    with pytest.raises(InputError, match="empty"):
+        model.predict(np.zeros((1, 83), np.float32))
+
+
+def test_bad_training_data(tmp_path, people, trained_run):
+    (tmp_path / "corpus" / "clip1").mkdir(parents=True)
+    with pytest.raises(InputError, match="no processed clips"):
+        train_motion([tmp_path / "corpus"], tmp_path / "out", preset_name="tiny", device="cpu")
+    with pytest.raises(InputError, match="no 'whisper' audio features"):
+        train_motion([people["a"]], tmp_path / "out", kind="whisper", preset_name="tiny", device="cpu")
+    with pytest.raises(InputError, match="uses 'mel' features but --features is 'whisper'"):
+        train_motion([people["a"]], tmp_path / "out", init=trained_run, kind="whisper", device="cpu")
+    with pytest.raises(InputError, match="already holds a trained motion model"):
+        train_motion([people["a"]], trained_run, preset_name="tiny", device="cpu")
+    assert not (tmp_path / "out" / "config.json").exists()
+
+
+# --- learning ------------------------------------------------------------------------------------
+
+def test_syncnet_separates_in_sync_from_shifted(trained_run, people):
+    model = MotionModel.load(trained_run)
+    val = load_clips([people["a"]], "mel", ("val",))
+    assert syncnet_auc(model.syncnet, val) > 0.75  # chance is 0.5; measured 0.88-0.90 over three seeds
+    unseen = load_clips([people["b"]], "mel", ("train",))[0]  # another voice, other sentences
+    for lag in (0, 3, -3):  # np.roll by +3: the mouth lags the audio by 3 frames
+        assert model.score(unseen.features, np.roll(unseen.offsets, lag, axis=0)).offset == -lag
+
+
+def test_generator_follows_unseen_speech(trained_run, people):
+    """Mouth opening predicted for a voice and sentences never trained on correlates with the truth."""
+    model = MotionModel.load(trained_run)
+    assert model.info["metrics"]["mouth_corr"] > 0.8  # validation split of person A
+    clips = load_clips([people["b"]], "mel", ("train", "val"))
+    for temperature in (0.0, 1.0):
+        metrics = motion_metrics(model, clips, temperature=temperature)
+        assert metrics["mouth_corr"] > 0.7, metrics  # measured 0.86-0.93 over three seeds
+    audio_pred = model.predict_audio(read_audio(people["b"] / "audio.wav"))
+    truth = np.load(people["b"] / "truth.npz")["mouth_open"]
+    assert np.corrcoef(mouth_opening(audio_pred)[: len(truth)], truth)[0, 1] > 0.7
+
+
+def test_postnet_adapts_to_a_persons_style(trained_run, tmp_path):
+    """A person whose lips move 1.6x as far, with the mouth corners further apart: the postnet learns it."""
+    from geneface.fileio import read_npz, write_npz
+    from geneface.motion.train import PostnetTrainConfig, train_postnet
+
+    person = make_person(tmp_path / "c", TEXTS_B + TEXTS_A[:3], [("en-us", 150)], seed=5)
+    motion = read_npz(person / "motion.npz")
+    mouth = motion["offsets"][:, 48:68]
+    mouth[..., 1] += 0.6 * (mouth[..., 1] - mouth[..., 1].mean(0))
+    mouth[:, [0, 12], 0] -= 0.05  # points 48 and 60
+    mouth[:, [6, 16], 0] += 0.05  # points 54 and 64
+    motion["offsets"][:, 48:68] = mouth
+    write_npz(person / "motion.npz", **motion)
+    metrics = train_postnet(person, trained_run, tmp_path / "run", device="cpu",
+                            config=PostnetTrainConfig(steps=300, batch_size=8, window=32, lr=1e-3, disc_lr=1e-3))
+    assert metrics["mouth_lmd"] < 0.75 * metrics["mouth_lmd_raw"], metrics  # measured about 0.6x after 300 steps
+    assert metrics["mouth_corr"] > 0.8
+
+
+# --- training mechanics --------------------------------------------------------------------------
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_after_interruption(tmp_path, people, monkeypatch):
+    from geneface.motion import data
+
+    out = tmp_path / "run"
+    cfg = MotionTrainConfig(syncnet_steps=20, steps=30, save_every=10, **TINY)
+    calls = {"n": 0}
+    original = data.WindowSampler.next
+
+    def flaky(self):
+        calls["n"] += 1
+        if calls["n"] == 20 + 25:  # generator step 25
+            raise _Stop
+        return original(self)
+
+    monkeypatch.setattr(data.WindowSampler, "next", flaky)
+    with pytest.raises(_Stop):
+        train_motion([people["a"]], out, preset_name="tiny", device="cpu", config=cfg)
+    state = json.loads((out / "train_state" / "state.json").read_text())
+    assert (state["stage"], state["step"]) == ("generator", 20)
+    assert not (out / "config.json").exists()
+    monkeypatch.setattr(data.WindowSampler, "next", original)
+    train_motion([people["a"]], out, preset_name="tiny", device="cpu", config=cfg)
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    generator_steps = [r["step"] for r in log if r["stage"] == "generator"]
+    assert generator_steps == [10, 20, 30]  # 30 logged once, after resuming at 20
+    assert MotionModel.load(out).predict(random_features(8)).shape == (8, 68, 3)
+    assert not (out / "train_state").exists()
+
+
+def test_nan_stops_training_and_keeps_checkpoint(tmp_path, people, monkeypatch):
+    out = tmp_path / "run"
+    original = Audio2Motion.loss
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        losses = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] > 12:
+            losses["mse"] = losses["mse"] * float("nan")
+            losses["total"] = losses["total"] + losses["mse"]
+        return losses
+
+    monkeypatch.setattr(Audio2Motion, "loss", poisoned)
+    cfg = MotionTrainConfig(syncnet_steps=10, steps=30, save_every=5, **TINY)
+    with pytest.raises(TrainingError, match="diverged at step 13.*generator step 10"):
+        train_motion([people["a"]], out, preset_name="tiny", device="cpu", config=cfg)
+    state = json.loads((out / "train_state" / "state.json").read_text())
+    assert (state["stage"], state["step"]) == ("generator", 10)
+    assert not (out / "config.json").exists()
+
+
+def test_ddp_two_gloo_processes(tmp_path, people):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "geneface.cli", "train", "motion", "--data", str(people["a"]), "--out", str(out),
+           "--preset", "tiny", "--syncnet-steps", "10", "--steps", "10", "--batch-size", "4", "--window", "32",
+           "--device", "cpu"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("metrics:") == 1  # printed by rank 0 only
+    model = MotionModel.load(out)
+    assert model.info["training"]["world_size"] == 2
+    assert model.predict(random_features(12)).shape == (12, 68, 3)
+
+
+# --- command line --------------------------------------------------------------------------------
+
+def test_cli_on_a_processed_synthetic_clip(tiny_dataset, synthetic_clip, tmp_path, capsys):
+    from geneface.cli import main
+    from geneface.synth import truth_path
+
+    run, run2 = tmp_path / "run", tmp_path / "run2"
+    fast = ["--batch-size", "4", "--window", "32", "--device", "cpu"]
+    assert main(["train", "motion", "--data", str(tiny_dataset), "--out", str(run), "--preset", "tiny",
+                 "--syncnet-steps", "10", "--steps", "10", *fast]) == 0
+    out = tmp_path / "landmarks.npz"
+    assert main(["motion", "--model", str(run), "--audio", str(tiny_dataset / "audio.wav"), "--out", str(out),
+                 "--plot", str(tmp_path / "mouth.png"), "--truth", str(truth_path(synthetic_clip[0]))]) == 0
+    printed = capsys.readouterr().out
+    assert "real time" in printed and "correlation" in printed
+    with np.load(out) as result:
+        frames = len(np.load(tiny_dataset / "motion.npz")["offsets"])
+        assert result["offsets"].shape == (frames, 68, 3) and result["mouth_open"].shape == (frames,)
+    assert (tmp_path / "mouth.png").stat().st_size > 5000
+    assert main(["train", "postnet", "--person", str(tiny_dataset), "--init", str(run), "--out", str(run2),
+                 "--steps", "6", "--tensorboard", *fast]) == 0
+    model = MotionModel.load(run2)
+    assert model.postnet is not None and model.feature_kind == "mel"
+    assert "mouth_corr_raw" in model.info["metrics"]
+    # errors are short messages with exit code 2
+    silent = tmp_path / "silent.wav"
+    from geneface.media import write_audio
+
+    write_audio(silent, np.zeros(16000, np.float32))
+    assert main(["motion", "--model", str(run), "--audio", str(silent), "--out", str(out)]) == 2
+    assert main(["motion", "--model", str(tmp_path / "missing"), "--audio", str(silent), "--out", str(out)]) == 2
+    assert "silent" in capsys.readouterr().err
