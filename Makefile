@@ -20,6 +20,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/process.py
+	$(PY) benchmarks/features.py
+	$(PY) benchmarks/render.py
+	$(PY) benchmarks/motion.py
 
 venv: $(STAMP)
 

@@ -102,10 +102,11 @@ def infer(person_dir: str | os.PathLike, audio_path: str | os.PathLike, out: str
     points = project_landmarks(offsets, c2w, person.intrinsics, person.stats) if config.side_by_side else None
     import torch
 
+    windows = PersonRenderer.windows(torch.from_numpy(offsets).float())  # [T, 5, 68, 3]
     with media.VideoWriter(out, fps=person.fps, audio=audio) as writer:
         for start in tqdm(range(0, num_frames, config.batch), desc="render", unit="batch"):
             idx = np.arange(start, min(start + config.batch, num_frames))
-            rgb = renderer.render(torch.from_numpy(c2w[idx]).float(), torch.from_numpy(offsets[idx]).float()).rgb
+            rgb = renderer.render(torch.from_numpy(c2w[idx]).float(), windows[idx]).rgb
             frames = (rgb.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
             for j, frame in zip(idx, frames):
                 if points is not None:
