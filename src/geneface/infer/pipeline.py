@@ -61,7 +61,6 @@ def load_pose(mode: str, person: Person, num_frames: int) -> np.ndarray:
 
 def predict_landmarks(person: Person, audio: np.ndarray, config: InferConfig) -> np.ndarray:
     """Stabilised offsets [T, 68, 3] for 16 kHz audio [N]."""
-    from ..features import extract_features
     from ..motion import MotionModel
 
     num_frames = int(round(len(audio) / media.AUDIO_RATE * person.fps))
@@ -69,8 +68,7 @@ def predict_landmarks(person: Person, audio: np.ndarray, config: InferConfig) ->
     if model.feature_kind != person.feature_kind:
         raise InputError(f"the motion model uses {model.feature_kind!r} features but the person model says "
                          f"{person.feature_kind!r}")
-    feats = extract_features(model.feature_kind, audio, num_frames=num_frames)
-    offsets = model.predict(feats, temperature=config.temperature, seed=config.seed)
+    offsets = model.predict_audio(audio, num_frames=num_frames, temperature=config.temperature, seed=config.seed)
     return stabilise(offsets, person.stats, smoothing=config.smoothing, mouth_scale=config.mouth_scale,
                      blink=config.blink, fps=person.fps, seed=config.seed)
 
