@@ -35,8 +35,11 @@ def run(args: argparse.Namespace) -> int:
     steps = [["process", str(args.video), "--out", str(data), "--size", str(size), "--features", args.features]
              + (["--audio", str(args.audio)] if args.audio else [])]
     if args.prior is None:
-        steps.append(["train", "motion", "--data", str(data), "--out", str(out / "motion"), "--device", args.device]
-                     + (["--steps", str(args.motion_steps)] if args.motion_steps else []))
+        preset = "geneface" if device.type == "cuda" else "small"
+        steps.append(["train", "motion", "--data", str(data), "--out", str(out / "motion"), "--device", args.device,
+                      "--preset", preset]
+                     + (["--steps", str(args.motion_steps), "--syncnet-steps", str(args.motion_steps)]
+                        if args.motion_steps else []))
     else:
         steps.append(["train", "postnet", "--person", str(data), "--init", str(args.prior),
                       "--out", str(out / "motion"), "--device", args.device]
