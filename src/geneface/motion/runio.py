@@ -14,117 +14,18 @@ RUN/
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, TypeVar
-
-import torch
-from torch import nn
 
 from ..errors import InputError
 from ..fileio import atomic_path, read_json
+from ..weights import (config_from_dict, config_to_dict, load_optimizer, load_weights, read_weights,  # noqa: F401
+                       save_optimizer, save_weights)
 
 RUN_FORMAT = "geneface-motion"
 RUN_VERSION = 1
 STATE_DIR = "train_state"
-
-T = TypeVar("T")
-
-
-def config_to_dict(config: Any) -> dict:
-    return dataclasses.asdict(config)
-
-
-def config_from_dict(cls: type[T], data: dict, where: str) -> T:
-    """Build dataclass ``cls`` from ``data``; unknown keys are an error (never silently ignored)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise InputError(f"{where}: unknown {cls.__name__} settings {', '.join(unknown)} "
-                         f"(written by a newer geneface?)")
-    return cls(**data)
-
-
-def save_weights(path: str | os.PathLike, module: nn.Module, metadata: dict[str, str] | None = None) -> None:
-    """Write a module's parameters and buffers as safetensors (atomically)."""
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-
-
-def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file; a missing or unreadable file is an :class:`InputError`."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"missing checkpoint {path}")
-    try:
-        return load_file(str(path))
-    except Exception as e:  # safetensors raises several types for truncated or garbled files
-        raise InputError(f"checkpoint {path} is corrupt or incomplete ({type(e).__name__}: {e}); "
-                         f"train again or restore the file") from None
-
-
-def load_weights(path: str | os.PathLike, module: nn.Module) -> None:
-    """Load a safetensors file into ``module``; missing, extra or misshapen tensors are an :class:`InputError`."""
-    tensors = read_weights(path)
-    own = module.state_dict()
-    missing = sorted(set(own) - set(tensors))
-    extra = sorted(set(tensors) - set(own))
-    bad = sorted(k for k in set(own) & set(tensors) if own[k].shape != tensors[k].shape)
-    if missing or extra or bad:
-        detail = "; ".join(x for x in (
-            f"missing {', '.join(missing[:3])}" if missing else "",
-            f"unexpected {', '.join(extra[:3])}" if extra else "",
-            f"wrong shape {', '.join(bad[:3])}" if bad else "") if x)
-        raise InputError(f"checkpoint {path} does not match the model in its config ({detail})")
-    module.load_state_dict(tensors)
-
-
-def save_optimizer(path: str | os.PathLike, optimizer: torch.optim.Optimizer) -> None:
-    """Write an optimizer's state: tensors as safetensors, the rest as JSON metadata (no pickle)."""
-    from safetensors.torch import save_file
-
-    state = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for idx, entry in state["state"].items():
-        for name, value in entry.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{idx}.{name}"] = value.detach().to("cpu").contiguous()
-            else:
-                scalars.setdefault(str(idx), {})[name] = value
-    meta = {"param_groups": json.dumps(state["param_groups"]), "scalars": json.dumps(scalars)}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-
-
-def load_optimizer(path: str | os.PathLike, optimizer: torch.optim.Optimizer) -> None:
-    from safetensors import safe_open
-
-    path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
-                  for g in json.loads(meta["param_groups"])]  # JSON made the tuples (betas) lists
-        scalars = json.loads(meta["scalars"])
-    except Exception as e:
-        raise InputError(f"optimizer state {path} is corrupt ({type(e).__name__}: {e}); delete "
-                         f"{path.parent} to restart training") from None
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = value
-    for idx, entry in scalars.items():
-        state.setdefault(int(idx), {}).update(entry)
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
 def read_run_config(run: str | os.PathLike) -> dict:

@@ -12,7 +12,7 @@ from torch import Tensor
 from ..device import resolve_device
 from ..errors import InputError
 from ..fileio import read_json
-from ..motion.runio import load_weights
+from ..weights import load_weights
 from .fields import WINDOW
 from .model import PARTS, ModelConfig, PersonGeometry, PersonModel, RenderOutput
 from .train import RUN_FORMAT, RUN_VERSION, STATE_DIR

@@ -27,7 +27,7 @@ import torch
 
 from ..errors import GeneFaceError, InputError
 from ..fileio import atomic_dir, atomic_path, read_json, write_json
-from ..motion.runio import load_optimizer, load_weights, save_optimizer, save_weights
+from ..weights import load_optimizer, load_weights, save_optimizer, save_weights
 from .data import RenderData
 from .model import ModelConfig, PersonGeometry, PersonModel, RayBatch
 from .perceptual import load_perceptual
