@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from ..errors import InputError
-from ..fileio import atomic_path, read_json
+from ..fileio import read_json
 from ..weights import (config_from_dict, config_to_dict, load_optimizer, load_weights, read_weights,  # noqa: F401
                        save_optimizer, save_weights)
 
