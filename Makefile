@@ -8,12 +8,9 @@ DEB_PACKAGES := espeak-ng
 
 .PHONY: demo test bench venv system-deps clean
 
-# Until `geneface demo` renders a trained person, the demo makes the bundled synthetic clip and processes it.
+# The bundled demo person says the bundled speech: demo/output.mp4 (`geneface demo --help` for more).
 demo: $(STAMP)
-	$(VENV)/bin/geneface synth --out demo/work/person.mp4 --size 256
-	$(VENV)/bin/geneface process demo/work/person.mp4 --out demo/work/dataset --size 256
-	@echo "made demo/work/person.mp4 (synthetic talking head, truth in demo/work/person.truth.npz)"
-	@echo "and demo/work/dataset/ (processed training data; see docs/dataset-format.md)"
+	$(VENV)/bin/geneface demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -x

@@ -1,0 +1,97 @@
+"""Render the bundled demo person (a synthetic talking head made from scikit-image's astronaut photo)
+saying the bundled speech, into demo/output.mp4. The small person model that does it ships with geneface;
+`--retrain` makes it again from the raw synthetic video with the project's own commands (synth, then
+train all), and `--export DIR` saves the retrained model in the bundled form."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from importlib import resources
+from pathlib import Path
+
+from ..device import DEVICES
+from ..errors import InputError
+from ..fileio import atomic_dir
+from .person import Person
+
+DEMO_SIZE = 128
+"""Frame size of the demo person (pixels)."""
+DEMO_MOTION_STEPS = 1500
+"""SyncNet and generator steps when retraining the demo (the `small` motion preset)."""
+DEMO_RENDER_STEPS = 3000
+"""Renderer steps when retraining the demo."""
+EXPORTED = ("person.json", "track.npz", "motion/config.json", "motion/metrics.json", "motion/*.safetensors",
+            "render/config.json", "render/history.json", "render/*.safetensors")
+"""What the bundled model keeps of a trained person folder (no dataset, logs, checkpoints or images)."""
+
+
+def bundled_person() -> Path:
+    """The person model folder shipped in geneface/assets/demo_person."""
+    path = Path(str(resources.files("geneface") / "assets" / "demo_person"))
+    if not (path / "person.json").exists():
+        raise InputError(f"the bundled demo model is missing from {path}; run `geneface demo --retrain` to make one")
+    return path
+
+
+def bundled_speech() -> Path:
+    """The bundled speech clip (espeak-ng, 10.9 s)."""
+    return Path(str(resources.files("geneface") / "assets" / "speech.flac"))
+
+
+def export_person(person: Path, dest: Path) -> None:
+    """Copy the parts of ``person`` that inference needs to ``dest`` (replaced atomically)."""
+    Person(person)  # refuse anything that is not a complete person model
+    with atomic_dir(dest) as tmp:
+        for pattern in EXPORTED:
+            for src in sorted(person.glob(pattern)):
+                target = tmp / src.relative_to(person)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, target)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, default=Path("demo/output.mp4"), help="video to write (its folder is created)")
+    p.add_argument("--retrain", action="store_true",
+                   help="make the synthetic clip and train the person from it (about 15-25 minutes on 2 CPU "
+                        "cores) instead of using the bundled model")
+    p.add_argument("--work", type=Path, default=Path("demo/work"),
+                   help="with --retrain: folder for the synthetic clip and the new person model (a rerun resumes)")
+    p.add_argument("--export", type=Path, default=None,
+                   help="with --retrain: also save the new model in the bundled form to this folder "
+                        "(src/geneface/assets/demo_person replaces the shipped one)")
+    p.add_argument("--motion-steps", type=int, default=DEMO_MOTION_STEPS, help="with --retrain: audio2motion steps")
+    p.add_argument("--render-steps", type=int, default=DEMO_RENDER_STEPS, help="with --retrain: renderer steps")
+    p.add_argument("--side-by-side", action="store_true", help="draw the predicted landmarks beside the video")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="compute device")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cli import main
+    from .pipeline import InferConfig, infer
+
+    if args.export is not None and not args.retrain:
+        raise InputError("--export saves a retrained model; add --retrain")
+    start = time.perf_counter()
+    if args.retrain:
+        clip, person = args.work / "person.mp4", args.work / "person"
+        args.work.mkdir(parents=True, exist_ok=True)
+        steps = [] if clip.exists() else [["synth", "--out", str(clip), "--size", "256"]]
+        steps.append(["train", "all", str(clip), "--out", str(person), "--size", str(DEMO_SIZE),
+                      "--motion-steps", str(args.motion_steps), "--render-steps", str(args.render_steps),
+                      "--device", args.device])
+        for argv in steps:
+            print(f"== geneface {' '.join(argv)}")
+            code = main(argv)
+            if code:
+                return code
+        if args.export is not None:
+            export_person(person, args.export)
+            print(f"exported the demo model to {args.export}")
+    else:
+        person = bundled_person()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    out = infer(person, bundled_speech(), args.out, InferConfig(side_by_side=args.side_by_side, device=args.device))
+    print(f"wrote {out} in {time.perf_counter() - start:.0f} s")
+    return 0
