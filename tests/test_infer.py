@@ -144,18 +144,24 @@ def test_bundled_demo_model_renders(tmp_path, capsys):
     from geneface.infer.cli_demo import bundled_person, bundled_speech
 
     person = bundled_person()
-    assert sum(f.stat().st_size for f in person.rglob("*") if f.is_file()) < 8e6  # a few MB
+    assert sum(f.stat().st_size for f in person.rglob("*") if f.is_file()) < 10e6  # a few MB
     out = tmp_path / "demo" / "output.mp4"
     assert main(["demo", "--out", str(out), "--device", "cpu"]) == 0
     frames = _frames(out)
     seconds = len(media.read_audio(bundled_speech())) / media.AUDIO_RATE
     assert abs(len(frames) / FPS - seconds) <= 1 / FPS
-    stack = np.stack(frames).astype(np.float32)
-    assert stack.std() > 20  # a face, not a flat frame
-    # the mouth region moves more than the frame border (lips in motion, background still)
-    change = np.abs(np.diff(stack, axis=0)).mean(axis=(0, 3))
-    h, w = change.shape
-    assert change[int(0.55 * h): int(0.8 * h), int(0.35 * w): int(0.65 * w)].mean() > 2 * change[:8].mean()
+    # a face is found in the frames, and its mouth opens with the loudness of the speech
+    from geneface.face import FaceMesh, mouth_opening
+
+    with FaceMesh() as mesh:
+        found = [mesh(frame) for frame in frames]
+    assert sum(len(f) > 0 for f in found) >= 0.9 * len(frames)
+    opening = np.array([mouth_opening(f[0]) if f else np.nan for f in found])
+    audio = media.read_audio(bundled_speech())
+    hop = int(media.AUDIO_RATE / FPS)
+    loudness = np.array([np.sqrt(np.mean(audio[i * hop:(i + 1) * hop] ** 2)) for i in range(len(frames))])
+    ok = np.isfinite(opening)
+    assert np.corrcoef(opening[ok], loudness[ok])[0, 1] > 0.3
 
 
 def test_demo_export_needs_retrain(capsys, tmp_path):

@@ -11,6 +11,8 @@ import time
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
+
 from ..device import DEVICES
 from ..errors import InputError
 from ..fileio import atomic_dir
@@ -25,6 +27,9 @@ DEMO_RENDER_STEPS = 3000
 EXPORTED = ("person.json", "track.npz", "motion/config.json", "motion/metrics.json", "motion/*.safetensors",
             "render/config.json", "render/history.json", "render/*.safetensors")
 """What the bundled model keeps of a trained person folder (no dataset, logs, checkpoints or images)."""
+EXPORT_DTYPE = "float16"
+"""Floating-point weights are stored at half precision in the bundled model (loading casts them back to
+float32); against full precision the demo video differs by about 40 dB PSNR."""
 
 
 def bundled_person() -> Path:
@@ -48,7 +53,20 @@ def export_person(person: Path, dest: Path) -> None:
             for src in sorted(person.glob(pattern)):
                 target = tmp / src.relative_to(person)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, target)
+                if src.suffix == ".safetensors":
+                    _write_half(src, target)
+                else:
+                    shutil.copy2(src, target)
+
+
+def _write_half(src: Path, dest: Path) -> None:
+    """Copy a safetensors file with its float32 tensors stored as float16 (those beyond its range stay)."""
+    from safetensors.numpy import load_file, save_file
+
+    limit = np.finfo(EXPORT_DTYPE).max
+    tensors = {k: v.astype(EXPORT_DTYPE) if v.dtype == np.float32 and np.abs(v).max(initial=0) < limit else v
+               for k, v in load_file(src).items()}
+    save_file(tensors, dest)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
