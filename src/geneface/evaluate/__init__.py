@@ -1,0 +1,21 @@
+"""Evaluation of a person model (DESIGN.md step 9): image quality, landmark distance, lip sync and speed
+on the person's validation clip and on unseen audio; ``geneface evaluate`` writes the report.
+
+The optional perceptual metrics live in `lpips` (LPIPS) and `fid` (Fréchet Inception distance); they are
+used only where their registry weight packages are installed. This package imports its parts lazily, so
+that ``geneface.evaluate.lpips`` loads without the rest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["EvalConfig", "evaluate", "markdown"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from . import report
+
+        return getattr(report, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
