@@ -23,6 +23,7 @@ COMMANDS = [
     ("demo", "geneface.infer.cli_demo", "render the bundled demo person"),
     ("evaluate", "geneface.evaluate.cli", "measure a person model's quality and lip sync"),
     ("corpus prepare", "geneface.corpus.cli", "prepare a folder of many speakers' clips for motion pretraining"),
+    ("corpus synth", "geneface.corpus.cli_synth", "make a synthetic many-speaker corpus of talking-head clips"),
 ]
 GROUP_HELP = {"train": "train models", "corpus": "work with multi-speaker corpora"}
 

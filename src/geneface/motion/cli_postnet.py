@@ -1,6 +1,7 @@
-"""Adapt a pretrained audio2motion run (for instance one trained on a corpus) to one person: a residual
-postnet learns, adversarially against the person's real landmarks and with the SyncNet keeping the lips in
-sync, to make the generator's motion look like the person's. Writes a complete motion run to --out."""
+"""Adapt a pretrained audio2motion run (for instance one pretrained on a corpus prepared with `geneface corpus
+prepare`) to one person: a residual postnet learns, adversarially against the person's real landmarks and with
+the SyncNet keeping the lips in sync, to make the generator's motion look like the person's. Writes a complete
+motion run to --out."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", type=Path, required=True, help="the pretrained motion run to adapt")
     p.add_argument("--out", type=Path, required=True, help="run folder to write (or resume)")
     p.add_argument("--audio", type=Path, nargs="+", default=None,
-                   help="processed clips of other speakers whose audio also drives the adversarial and "
-                        "SyncNet terms (default: the person's own audio only)")
+                   help="processed clips or prepared corpora of other speakers whose audio also drives the "
+                        "adversarial and SyncNet terms (default: the person's own audio only)")
     add_config_options(p, PostnetTrainConfig, TRAIN_OPTIONS)
     p.add_argument("--device", choices=DEVICES, default="auto", help="where to train")
     p.add_argument("--tensorboard", action="store_true",

@@ -1,5 +1,6 @@
-"""Train the landmark SyncNet, then the audio2motion generator, on one person or on a corpus of processed
-clips (every folder with a meta.json under the given paths). `--init RUN` fine-tunes a pretrained run.
+"""Train the landmark SyncNet, then the audio2motion generator, on one person, on processed clips (every
+folder with a meta.json under the given paths) or on a corpus made by `geneface corpus prepare` (streamed,
+speakers balanced, --val-speakers of them held out for the measures). `--init RUN` fine-tunes a pretrained run.
 Rerunning the same command resumes an interrupted run. For several processes or GPUs, start it with
 torchrun, e.g. `torchrun --nproc_per_node 2 -m geneface.cli train motion --data ... --out ...`."""
 
@@ -14,18 +15,20 @@ from .cliutil import add_config_options, config_from_args
 from .presets import PRESETS
 
 TRAIN_OPTIONS = ["steps", "syncnet_steps", "batch_size", "window", "lr", "syncnet_lr", "sync_min_auc",
-                 "save_every", "log_every", "seed"]
+                 "val_speakers", "save_every", "log_every", "seed"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from .train import MotionTrainConfig
 
     p.add_argument("--data", type=Path, nargs="+", required=True,
-                   help="processed dataset folders, or folders holding processed clips below them")
+                   help="processed dataset folders, folders holding processed clips below them, or prepared "
+                        "corpora (`geneface corpus prepare`)")
     p.add_argument("--out", type=Path, required=True, help="run folder to write (or resume)")
     p.add_argument("--init", type=Path, default=None, help="a trained motion run to start from (fine-tuning)")
     p.add_argument("--features", default=None,
-                   help="audio feature kind to train on: mel, whisper or hubert (default: the --init run's, else mel)")
+                   help="audio feature kind to train on: mel, whisper or hubert (default: the --init run's, else "
+                        "mel, or a kind every corpus has)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="geneface",
                    help="model sizes of a new run: geneface (the original's), small (faster on a CPU), tiny (tests)")
     add_config_options(p, MotionTrainConfig, TRAIN_OPTIONS)

@@ -1,7 +1,8 @@
 """Motion training data: clips of (audio features, pitch, landmark offsets) and a sampler of windows.
 
-The trainers only see a :class:`WindowSource` (anything that can draw a random window), so a streaming
-multi-speaker corpus can replace the in-memory :class:`ClipSet` without touching them.
+The trainers only see a :class:`WindowSource` (anything that can draw a random window): the in-memory
+:class:`ClipSet` for person folders, or a :class:`SpeakerBalancedSource` over :class:`ClipWindows` that read
+their rows on demand (a prepared corpus, `geneface.corpus.source`).
 """
 
 from __future__ import annotations
@@ -94,6 +95,66 @@ class ClipSet:
         feats[: 2 * n] = clip.features[2 * start: 2 * (start + n)]
         pitch[: 2 * n] = clip.pitch[2 * start: 2 * (start + n)]
         offsets[:n] = clip.offsets[start: start + n]
+        return feats, pitch, offsets, n
+
+
+class ClipWindows(Protocol):
+    """Random access to one clip's aligned arrays, in memory or read from disk on demand."""
+
+    name: str
+    num_frames: int
+
+    def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Features ``[2n, D]``, pitch ``[2n]`` and offsets ``[n, 68, 3]`` of frames ``start .. stop`` (n of them)."""
+        ...
+
+
+class MemoryClip:
+    """:class:`ClipWindows` over a :class:`MotionClip` held in memory."""
+
+    def __init__(self, clip: MotionClip) -> None:
+        self.clip = clip
+        self.name = clip.name
+        self.num_frames = clip.num_frames
+
+    def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        c = self.clip
+        return c.features[2 * start: 2 * stop], c.pitch[2 * start: 2 * stop], c.offsets[start:stop]
+
+
+class SpeakerBalancedSource:
+    """Windows drawn speaker first: a speaker uniformly, then one of its clips in proportion to its length,
+    then a start uniformly. A corpus where a few speakers talk for hours and most for minutes is then learnt
+    from every voice alike. Clips are read through :class:`ClipWindows`, so nothing needs to be in memory.
+    """
+
+    def __init__(self, speakers: dict[str, Sequence[ClipWindows]], feature_dim: int) -> None:
+        groups = {name: list(clips) for name, clips in speakers.items() if clips}
+        if not groups:
+            raise InputError("no motion clips to train on")
+        self.feature_dim = feature_dim
+        self.speakers = sorted(groups)
+        self._clips = [groups[name] for name in self.speakers]
+        self._cumulative = [np.cumsum([c.num_frames for c in clips], dtype=np.float64) for clips in self._clips]
+
+    def __len__(self) -> int:
+        return sum(len(c) for c in self._clips)
+
+    @property
+    def num_frames(self) -> int:
+        return int(sum(c[-1] for c in self._cumulative))
+
+    def sample(self, rng: np.random.Generator, window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        s = int(rng.integers(len(self._clips)))
+        cum = self._cumulative[s]
+        clip = self._clips[s][min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), len(cum) - 1)]
+        n = min(window, clip.num_frames)
+        start = int(rng.integers(0, clip.num_frames - n + 1))
+        f, p, o = clip.read(start, start + n)
+        feats = np.zeros((2 * window, self.feature_dim), np.float32)
+        pitch = np.zeros(2 * window, np.float32)
+        offsets = np.zeros((window, 68, 3), np.float32)
+        feats[: 2 * n], pitch[: 2 * n], offsets[:n] = f, p, o
         return feats, pitch, offsets, n
 
 

@@ -70,6 +70,9 @@ class MotionTrainConfig:
     """Random voice changes (spectral warp, pitch, loudness) of the training windows; ``mel`` features only."""
     sync_start: float = 0.25
     """Fraction of the generator steps after which the SyncNet loss switches on."""
+    val_speakers: float = 0.05
+    """Fraction of a prepared corpus's speakers held out for validation (at least one of two or more; chosen
+    by a hash of their names, so every run agrees); person folders keep their own validation split."""
     save_every: int = 500
     """Steps between checkpoints."""
     log_every: int = 10
@@ -380,6 +383,21 @@ def motion_metrics(model: MotionModel, clips: list[MotionClip], temperature: flo
 
 # --- train motion ------------------------------------------------------------------------------
 
+def _is_corpus(path: str | os.PathLike) -> bool:
+    from ..corpus.store import is_corpus
+
+    return is_corpus(path)
+
+
+def _default_kind(data: list[str | os.PathLike]) -> str:
+    """``mel``, unless the prepared corpora among ``data`` lack it."""
+    if not any(_is_corpus(d) for d in data):
+        return "mel"
+    from ..corpus.source import default_feature_kind
+
+    return default_feature_kind(data)
+
+
 def _read_state(state_dir: Path) -> dict | None:
     path = state_dir / "state.json"
     if not path.exists():
@@ -409,8 +427,10 @@ def train_motion(data: list[str | os.PathLike], out: str | os.PathLike, *, init:
                  tensorboard: bool = False, source: WindowSource | None = None) -> dict:
     """Train the SyncNet and then the generator on processed clips under ``data``; returns the metrics.
 
-    ``source`` replaces the training windows drawn from ``data`` (a streaming corpus, for instance); the
-    validation splits under ``data`` are still used for the measures.
+    ``data`` holds processed person folders (or folders with some below them) and prepared corpora
+    (`geneface corpus prepare`); with a corpus among them, windows are streamed speaker-balanced and
+    ``config.val_speakers`` of its speakers are held out for the measures. ``source`` replaces the training
+    windows drawn from ``data``; the validation clips of ``data`` are still used for the measures.
     """
     cfg = config or MotionTrainConfig()
     dist = init_distributed(device)
@@ -429,18 +449,33 @@ def train_motion(data: list[str | os.PathLike], out: str | os.PathLike, *, init:
         run_kind = init_model.feature_kind
         where = f"--init {init}"
     else:
-        run_kind, where = kind or "mel", ""
+        run_kind, where = kind or _default_kind(data), ""
     if kind is not None and kind != run_kind:
         raise InputError(f"{where} uses {run_kind!r} features but --features is {kind!r}")
 
-    # 2. data
-    val_clips = load_clips(data, run_kind, ("val",))
+    # 2. data: prepared corpora stream speaker-balanced windows and hold out speakers; person folders alone
+    #    are held in memory with their own validation splits
+    corpus_info: dict | None = None
     train_clips: list[MotionClip] = []
-    if source is None:
-        train_clips = load_clips(data, run_kind, ("train",))
-        if not train_clips:
-            raise InputError(f"the training splits under {', '.join(map(str, data))} are too short to train on")
-        source = ClipSet(train_clips)
+    if any(_is_corpus(d) for d in data):
+        from ..corpus.source import open_training_data
+
+        corpus_data = open_training_data(data, run_kind, cfg.val_speakers)
+        val_clips, train_clips, corpus_info = corpus_data.val_clips, corpus_data.train_clips, corpus_data.info
+        if source is None:
+            source = corpus_data.source
+        if dist.main:
+            print(f"corpus: {corpus_info['clips']} clips ({corpus_info['frames']} frames) of "
+                  f"{corpus_info['speakers']} speakers for training; held out for validation: "
+                  f"{corpus_info['val_speakers']} speakers ({corpus_info['val_clips']} clips measured)",
+                  file=sys.stderr)
+    else:
+        val_clips = load_clips(data, run_kind, ("val",))
+        if source is None:
+            train_clips = load_clips(data, run_kind, ("train",))
+            if not train_clips:
+                raise InputError(f"the training splits under {', '.join(map(str, data))} are too short to train on")
+            source = ClipSet(train_clips)
     eval_clips = val_clips or train_clips
 
     # 3. models
@@ -561,11 +596,14 @@ def train_motion(data: list[str | os.PathLike], out: str | os.PathLike, *, init:
     model = MotionModel(run_kind, syncnet, generator, None, info)
     metrics = {"syncnet_auc": syncnet_measure, "sync_loss_used": sync_enabled,
                "split": "val" if val_clips else "train"}
+    if corpus_info is not None:
+        metrics["val_speakers"] = corpus_info["val_speakers"]
     if dist.main:
         metrics.update(motion_metrics(model, eval_subset(eval_clips), temperature=1.0))
         write_json(out / "metrics.json", metrics)
         model.save(out, training={**config_to_dict(cfg), "world_size": dist.world,
-                                  "data": [str(d) for d in data]}, metrics=metrics)
+                                  "data": [str(d) for d in data],
+                                  **({"corpus": corpus_info} if corpus_info is not None else {})}, metrics=metrics)
         print(f"motion model written to {out}", file=sys.stderr)
     _finish(out, dist)
     return dist.from_main(metrics)
@@ -595,7 +633,14 @@ def train_postnet(person: str | os.PathLike, init: str | os.PathLike, out: str |
     if not person_clips:
         raise InputError(f"the training split of {person} is too short to train on")
     person_src = ClipSet(person_clips)
-    audio_src = ClipSet(load_clips(audio, kind, ("train", "val"))) if audio else None
+    audio_src = None
+    if audio:
+        from ..corpus.source import open_window_source
+
+        audio_src = open_window_source(audio, kind)  # prepared corpora are streamed
+        if audio_src.feature_dim != base.feature_dim:
+            raise InputError(f"{init} expects {base.feature_dim}-channel {kind!r} features; the --audio clips "
+                             f"have {audio_src.feature_dim}")
     if person_src.feature_dim != base.feature_dim:
         raise InputError(f"{init} expects {base.feature_dim}-channel {kind!r} features; {person} has "
                          f"{person_src.feature_dim}")
@@ -644,7 +689,8 @@ def train_postnet(person: str | os.PathLike, init: str | os.PathLike, out: str |
     seed = cfg.seed + dist.rank + 7919 * step
     half = cfg.batch_size // 2 if audio_src is not None else cfg.batch_size
     person_sampler = WindowSampler(person_src, cfg.window, half, seed=seed)
-    audio_sampler = WindowSampler(audio_src, cfg.window, cfg.batch_size - half, seed=seed + 1) if audio_src else None
+    audio_sampler = (WindowSampler(audio_src, cfg.window, cfg.batch_size - half, seed=seed + 1)
+                     if audio_src is not None else None)
     rng = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     p_ddp = dist.wrap(_Call(postnet, "loss"))

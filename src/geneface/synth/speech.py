@@ -77,9 +77,11 @@ def default_speech() -> np.ndarray:
         return read_audio(path)
 
 
-def speak(text: str, voice: str = "en-us+f3", speed: int = 150) -> np.ndarray:
+def speak(text: str, voice: str = "en-us+f3", speed: int = 150, pitch: int | None = None) -> np.ndarray:
     """Speak ``text`` with espeak-ng: 16 kHz mono float32 ``[N]``.
 
+    ``voice``: an espeak-ng voice, optionally with a variant (``en-gb+m3``; ``espeak-ng --voices``);
+    ``speed``: words per minute; ``pitch``: base pitch 0-99 (None: the voice's own, 50).
     Raises ``MissingModelError`` when espeak-ng is not installed, ``InputError`` for empty text.
     """
     if not text.strip():
@@ -90,7 +92,8 @@ def speak(text: str, voice: str = "en-us+f3", speed: int = 150) -> np.ndarray:
                                 "(Debian: apt-get install espeak-ng) or give --audio SPEECH instead")
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "speech.wav"
-        result = subprocess.run([exe, "-v", voice, "-s", str(speed), "-w", str(wav), "--", text],
+        extra = ["-p", str(int(pitch))] if pitch is not None else []
+        result = subprocess.run([exe, "-v", voice, "-s", str(speed), *extra, "-w", str(wav), "--", text],
                                 capture_output=True, text=True)
         if result.returncode != 0 or not wav.exists():
             raise InputError(f"espeak-ng failed: {result.stderr.strip() or result.returncode}")

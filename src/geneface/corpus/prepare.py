@@ -1,0 +1,513 @@
+"""`corpus prepare`: a folder tree of many speakers' clips -> what motion pretraining needs, in a few packs.
+
+Each clip goes through the same detect, track, pose, audio and features steps as ``geneface process``
+(`geneface.process.pipeline`, run on a scratch folder), so its landmark offsets have exactly the person
+datasets' definition; only the arrays motion training reads are kept: ``offsets`` [T, 68, 3], ``pitch``
+[2T] and one ``[2T, D]`` array per feature kind.
+
+Work is split deterministically: ``--shard I/N`` keeps the clips whose path hashes to I (default: the
+``RANK``/``WORLD_SIZE`` that ``torchrun`` sets), and the worker processes of one shard are handed clips one
+at a time, each appending to its own pack. A clip is recorded in the shard's manifest once its arrays are
+on disk; a rerun skips recorded clips (a clip whose file changed is redone), so an interrupted run resumes
+clip by clip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import GeneFaceError, InputError, NoFaceError
+from ..process.pipeline import ProcessConfig
+from .store import (PACK_DIR, ManifestWriter, PackWriter, is_corpus, latest_records, manifest_path,
+                    read_corpus_meta, read_manifest, shard_tag, write_corpus_meta)
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".webm", ".mov")
+"""Files taken as clips."""
+AUDIO_EXTENSIONS = (".wav", ".flac", ".m4a", ".mp3", ".ogg", ".opus", ".aac")
+"""An audio file with a clip's name beside it is used as the clip's speech (an audio + video pair)."""
+
+
+@dataclass
+class PrepareConfig:
+    """Options of `geneface corpus prepare` that decide what a clip's arrays are (kept in corpus.json: a
+    rerun into the same folder must use the same ones)."""
+
+    features: tuple[str, ...] = ("mel",)
+    """Audio feature kinds to compute (mel, whisper, hubert)."""
+    feature_model: Path | None = None
+    """Model folder for the whisper or hubert features (whisper defaults to the installed package)."""
+    fps: float = ProcessConfig.fps
+    """Frame rate the clips are resampled to."""
+    track_size: int = 256
+    """Side of the square face crop the mesh is tracked on, in pixels."""
+    crop_scale: float = ProcessConfig.crop_scale
+    """Side of the square crop over the detected face-box width (as `geneface process`)."""
+    focal_scale: float = ProcessConfig.focal_scale
+    """Focal length of the assumed pinhole camera, as a multiple of the crop side (as `geneface process`)."""
+    pose_smoothing: float = ProcessConfig.pose_smoothing
+    """Gaussian smoothing of the head pose in time, sigma in frames (as `geneface process`)."""
+    max_missing: float = 0.2
+    """Largest fraction of frames without a face; clips with more are skipped."""
+    min_seconds: float = 1.0
+    """Shorter clips are skipped."""
+    max_seconds: float = 300.0
+    """Longer clips are skipped."""
+    min_loudness_range: float = 12.0
+    """Clips whose loudness (25 ms windows) varies less than this many dB between quiet and loud parts hold
+    no speech (steady noise, a tone) and are skipped; silent clips are always skipped."""
+    speaker_depth: int = 1
+    """Folder levels below ROOT that name the speaker (1: ROOT/SPEAKER/.../clip.mp4)."""
+
+    def __post_init__(self) -> None:
+        from ..features import FEATURE_KINDS
+
+        self.features = tuple(self.features)
+        if not self.features:
+            raise InputError("--features is empty; name at least one kind (mel, whisper, hubert)")
+        for kind in self.features:
+            if kind not in FEATURE_KINDS:
+                raise InputError(f"unknown feature kind {kind!r}; choose from {', '.join(FEATURE_KINDS)}")
+        if len(set(self.features)) != len(self.features):
+            raise InputError(f"--features names a kind twice: {','.join(self.features)}")
+        if self.track_size < 64 or self.track_size % 2:
+            raise InputError(f"--track-size must be even and at least 64, got {self.track_size}")
+        if not 0 <= self.max_missing < 1:
+            raise InputError(f"--max-missing must be in [0, 1), got {self.max_missing}")
+        if not 0 < self.min_seconds <= self.max_seconds:
+            raise InputError(f"need 0 < --min-seconds <= --max-seconds, got {self.min_seconds}, {self.max_seconds}")
+        if self.speaker_depth < 0:
+            raise InputError(f"--speaker-depth must be 0 or more, got {self.speaker_depth}")
+
+    def settings(self) -> dict:
+        """What a clip's arrays depend on, for corpus.json (the model path only by name)."""
+        d = asdict(self)
+        d["features"] = list(self.features)
+        d["feature_model"] = str(self.feature_model) if self.feature_model is not None else None
+        return d
+
+
+@dataclass(frozen=True)
+class ClipItem:
+    """A clip found under ROOT."""
+
+    path: str
+    """Relative POSIX path of the video (the clip's key)."""
+    audio: str | None
+    """Relative path of a paired audio file, or None to use the video's own track."""
+    speaker: str
+    """The first ``speaker_depth`` folders of ``path`` ("" for a clip directly in ROOT)."""
+
+
+# --- finding and sharding clips ----------------------------------------------------------------
+
+def find_clips(root: Path, speaker_depth: int = 1, exclude: Path | None = None) -> list[ClipItem]:
+    """Every video under ``root`` (hidden folders and ``exclude`` left out), sorted by relative path."""
+    root = Path(root)
+    skip = exclude.resolve() if exclude is not None else None
+    items: list[ClipItem] = []
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (skip is None or (here / d).resolve() != skip))
+        audio = {}
+        for name in files:
+            stem, ext = os.path.splitext(name)
+            if ext.lower() in AUDIO_EXTENSIONS:
+                audio.setdefault(stem, name)
+        for name in sorted(files):
+            stem, ext = os.path.splitext(name)
+            if ext.lower() not in VIDEO_EXTENSIONS or name.startswith("."):
+                continue
+            rel = (here / name).relative_to(root).as_posix()
+            folders = rel.split("/")[:-1]
+            pair = (here / audio[stem]).relative_to(root).as_posix() if stem in audio else None
+            items.append(ClipItem(rel, pair, "/".join(folders[:speaker_depth])))
+    return sorted(items, key=lambda it: it.path)
+
+
+def shard_of(path: str, count: int) -> int:
+    """The shard (0 .. count-1) of a clip: a stable hash of its relative path, the same on every machine."""
+    digest = hashlib.sha1(path.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % count
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"I/N"`` -> (I, N); None -> the torchrun rank and world size (``RANK``, ``WORLD_SIZE``) or (0, 1)."""
+    if text is None:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        return (int(os.environ.get("RANK", "0")), world) if world > 1 else (0, 1)
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise InputError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise InputError(f"--shard {text}: need 0 <= I < N")
+    return i, n
+
+
+# --- one clip ----------------------------------------------------------------------------------
+
+class _Skip(Exception):
+    """The clip is readable but not valid for training."""
+
+
+def _source_stat(root: Path, item: ClipItem) -> dict:
+    out = {}
+    for key, rel in (("video", item.path), ("audio", item.audio)):
+        if rel is not None:
+            st = (root / rel).stat()
+            out[key] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def _speech_facts(audio: np.ndarray, config: PrepareConfig) -> dict:
+    from ..synth.speech import is_silent, loudness_db, speech_activity
+
+    if is_silent(audio):
+        raise _Skip("no speech: the audio is silent")
+    db = loudness_db(audio)
+    spread = float(np.percentile(db, 95) - np.percentile(db, 10))
+    if spread < config.min_loudness_range:
+        raise _Skip(f"no speech: the loudness varies by only {spread:.1f} dB (steady noise or a tone?)")
+    return {"speech": round(float((speech_activity(db) > 0.5).mean()), 4), "loudness_range_db": round(spread, 2)}
+
+
+def _compute(video: Path, audio_file: Path | None, config: PrepareConfig, scratch: Path) -> tuple[dict, dict]:
+    """The arrays of one clip and facts about it; raises ``_Skip``, ``NoFaceError`` or ``InputError``."""
+    from .. import media
+    from ..features.mel import f0_hz
+    from ..fileio import read_npz
+    from ..process import pipeline
+
+    info = media.probe(video)
+    if min(info.width, info.height) < pipeline.MIN_SOURCE_SIDE:
+        raise _Skip(f"too small: {info.width}x{info.height} (at least {pipeline.MIN_SOURCE_SIDE} px on the short "
+                    f"side are needed to track a face)")
+    if info.duration < config.min_seconds:
+        raise _Skip(f"too short: {info.duration:.2f} s (at least {config.min_seconds} s)")
+    if info.duration > config.max_seconds:
+        raise _Skip(f"too long: {info.duration:.1f} s (at most {config.max_seconds} s)")
+    if audio_file is None and not info.has_audio:
+        raise InputError("no audio: the video has no audio track and no audio file with its name lies beside it")
+    facts = _speech_facts(media.read_audio(audio_file or video), config)
+
+    pcfg = ProcessConfig(size=config.track_size, fps=config.fps, audio=audio_file, features=config.features,
+                         feature_model=config.feature_model, focal_scale=config.focal_scale,
+                         crop_scale=config.crop_scale, pose_smoothing=config.pose_smoothing,
+                         max_missing=config.max_missing, track_side=config.track_size)
+    ctx = pipeline.Context(video, scratch, pcfg)
+    notes = io.StringIO()
+    with contextlib.redirect_stdout(notes), contextlib.redirect_stderr(io.StringIO()), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for step in (pipeline.step_detect, pipeline.step_track, pipeline.step_pose, pipeline.step_audio,
+                     pipeline.step_features):
+            step(ctx)
+    offsets = read_npz(scratch / "motion.npz")["offsets"].astype(np.float32)
+    t = offsets.shape[0]
+    if t < config.min_seconds * config.fps:
+        raise _Skip(f"too short: {t} frames decoded (at least {config.min_seconds} s)")
+    feats = {kind: read_npz(scratch / "features" / f"{kind}.npz")["features"].astype(np.float32)
+             for kind in config.features}
+    if "mel" in feats:
+        pitch = f0_hz(feats["mel"])
+    else:
+        from ..features import extract_features
+
+        pitch = f0_hz(extract_features("mel", media.read_audio(scratch / "audio.wav"), num_frames=t))
+    found = read_npz(scratch / "landmarks.npz")["found"]
+    facts.update(frames=t, seconds=round(t / config.fps, 3), face_found=round(float(found.mean()), 4))
+    if notes.getvalue().strip():
+        facts["notes"] = " ".join(notes.getvalue().split())
+    return {"offsets": offsets, "pitch": pitch.astype(np.float32), **feats}, facts
+
+
+def process_clip(root: Path, item: ClipItem, config: PrepareConfig, pack: PackWriter, scratch: Path) -> dict:
+    """Prepare one clip into ``pack``; returns its manifest record (never raises for a bad clip)."""
+    record: dict = {"path": item.path, "audio": item.audio, "speaker": item.speaker, "status": "ok",
+                    "reason": None, "frames": 0}
+    start = time.perf_counter()
+    try:
+        record["source"] = _source_stat(root, item)
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        arrays, facts = _compute(root / item.path, root / item.audio if item.audio else None, config, scratch)
+        record.update(facts)
+        span, specs = pack.append(arrays)
+        record.update(pack=pack.name, span=span, arrays=specs)
+    except _Skip as e:
+        record.update(status="skipped", reason=str(e))
+    except NoFaceError as e:
+        record.update(status="skipped", reason=f"no face: {e}")
+    except GeneFaceError as e:
+        record.update(status="failed", reason=str(e))
+    except Exception as e:  # a bug or a broken file we did not foresee: record it, go on with the others
+        record.update(status="failed", reason=f"error: {type(e).__name__}: {e}")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    record["prepare_seconds"] = round(time.perf_counter() - start, 3)
+    record["finished"] = time.time()
+    return record
+
+
+# --- worker processes --------------------------------------------------------------------------
+
+def _pack_name(tag: str, worker: int) -> str:
+    """A worker's pack, relative to the corpus folder."""
+    return f"{PACK_DIR}/{tag}-w{worker:02d}.pack"
+
+
+def _pack_path(out: Path, tag: str, worker: int) -> Path:
+    return out / _pack_name(tag, worker)
+
+
+def _worker_main(worker: int, root: str, out: str, tag: str, end: int, config: PrepareConfig, conn) -> None:
+    """A worker process: prepare the clips the main process sends over ``conn`` (None: stop) into its own
+    pack, answering each with its record."""
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except Exception:  # noqa: BLE001 - threads are an optimisation only
+        pass
+    root_p, out_p = Path(root), Path(out)
+    pack = PackWriter(_pack_path(out_p, tag, worker), end)
+    scratch = out_p / ".scratch" / f"{tag}-w{worker:02d}"
+    try:
+        while True:
+            task = conn.recv()
+            if task is None:
+                break
+            conn.send(process_clip(root_p, ClipItem(*task), config, pack, scratch))
+    except (EOFError, BrokenPipeError, KeyboardInterrupt):  # the main process stopped
+        pass
+    finally:
+        pack.close()
+        conn.close()
+
+
+@contextlib.contextmanager
+def _worker_env() -> None:
+    """One thread per worker and no progress bars in it (children inherit the environment at start)."""
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TQDM_DISABLE",
+                                             "OMP_WAIT_POLICY")}
+    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1", OMP_WAIT_POLICY="PASSIVE")
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _run_workers(workers: int, todo: list[ClipItem], root: Path, out: Path, tag: str, ends: dict[str, int],
+                 config: PrepareConfig, on_record: Callable[[dict], None]) -> None:
+    """Prepare ``todo`` in ``workers`` spawned processes, one clip at a time each (sent over a pipe, so the
+    main process always knows which clip a worker holds). A worker that dies is replaced and its clip
+    recorded as failed; the rest of the run goes on."""
+    import multiprocessing as mp
+    from multiprocessing.connection import wait
+
+    ctx = mp.get_context("spawn")
+    pending = list(reversed(todo))
+    procs: dict = {}
+    conns: dict = {}
+    inflight: dict[int, ClipItem] = {}
+
+    def start(k: int) -> None:
+        parent, child = ctx.Pipe()
+        with _worker_env():
+            p = ctx.Process(target=_worker_main, name=f"corpus-worker-{k}", daemon=True,
+                            args=(k, str(root), str(out), tag, ends.get(_pack_name(tag, k), 0), config, child))
+            p.start()
+        child.close()
+        procs[k], conns[k] = p, parent
+
+    def feed(k: int) -> None:
+        if not procs[k].is_alive():  # it died after its last answer: a fresh one appends to the same pack
+            procs[k].join()
+            conns[k].close()
+            start(k)
+        item = pending.pop() if pending else None
+        if item is not None:
+            inflight[k] = item
+        try:
+            conns[k].send((item.path, item.audio, item.speaker) if item is not None else None)
+        except OSError:  # it died just now: the wait below sees it and records the clip
+            pass
+
+    def crashed(k: int) -> None:
+        item = inflight.pop(k)
+        procs[k].join()
+        conns[k].close()
+        on_record({"path": item.path, "audio": item.audio, "speaker": item.speaker, "status": "failed",
+                   "reason": f"worker crashed (exit code {procs[k].exitcode}) while preparing this clip",
+                   "frames": 0, "finished": time.time()})
+        if pending:
+            start(k)
+            feed(k)
+
+    try:
+        for k in range(workers):
+            start(k)
+            feed(k)
+        while inflight:
+            ready = set(wait([conns[k] for k in inflight] + [procs[k].sentinel for k in inflight]))
+            for k in list(inflight):
+                conn, dead = conns[k], procs[k].sentinel in ready
+                if conn in ready or (dead and conn.poll()):
+                    try:
+                        record = conn.recv()
+                    except (EOFError, OSError):
+                        crashed(k)
+                        continue
+                    inflight.pop(k)
+                    if record.get("span"):
+                        ends[record["pack"]] = max(ends.get(record["pack"], 0), record["span"][1])
+                    on_record(record)
+                    feed(k)
+                elif dead:
+                    crashed(k)
+        for p in procs.values():
+            p.join(timeout=30)
+    finally:
+        for k, p in procs.items():
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=5)
+            conns[k].close()
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _shard_lock(path: Path):
+    import fcntl
+
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise InputError(f"another `geneface corpus prepare` is working on this shard of {path.parent} "
+                             f"(it holds {path.name}); wait for it or stop it") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _open_output(out: Path, root: Path, config: PrepareConfig) -> None:
+    """Create ``out`` as a corpus, or check that the corpus in it was made with the same settings."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a folder")
+    if out.exists() and any(not p.name.startswith(".") for p in out.iterdir()) and not is_corpus(out):
+        raise InputError(f"--out {out} is not empty and is not a prepared corpus; choose an empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    if not is_corpus(out):
+        write_corpus_meta(out, list(config.features), config.settings(), root)
+        return
+    meta = read_corpus_meta(out)
+    if list(meta["features"]) != list(config.features):
+        raise InputError(f"{out} was prepared with --features {','.join(meta['features'])}, but this run asks "
+                         f"for {','.join(config.features)}; use the same features, or prepare into another --out")
+    have, want = meta.get("settings", {}), config.settings()
+    differ = [k for k in want if k not in ("features", "feature_model") and have.get(k) != want[k]]
+    if differ:
+        listing = ", ".join(f"{k} {have.get(k)} (asked {want[k]})" for k in differ)
+        raise InputError(f"{out} was prepared with other settings: {listing}; use the same ones, or prepare "
+                         f"into another --out")
+
+
+def _needs_work(root: Path, item: ClipItem, record: dict | None, retry_failed: bool) -> bool:
+    if record is None:
+        return True
+    if record["status"] == "failed" and retry_failed:
+        return True
+    if record.get("audio") != item.audio:
+        return True
+    try:
+        return record.get("source") != _source_stat(root, item)
+    except OSError:
+        return True
+
+
+def prepare_corpus(root: str | os.PathLike, out: str | os.PathLike, config: PrepareConfig | None = None, *,
+                   workers: int = 1, shard: tuple[int, int] | None = None, retry_failed: bool = False,
+                   progress: bool = True) -> dict:
+    """Prepare (or resume preparing) the clips under ``root`` that fall in ``shard`` into corpus ``out``.
+
+    ``shard``: (I, N), default :func:`parse_shard` (None). ``workers``: processes (1 works in this process).
+    Returns counts: ``clips`` (found in all shards), ``shard_clips``, ``done_before`` (recorded by an earlier
+    run and unchanged), ``prepared`` (this run, by status), ``frames``, ``seconds``.
+    """
+    from tqdm import tqdm
+
+    config = config or PrepareConfig()
+    root, out = Path(root), Path(out)
+    if not root.exists():
+        raise InputError(f"no such folder: {root}")
+    if not root.is_dir():
+        raise InputError(f"ROOT must be a folder of clips, got a file: {root}")
+    if workers < 1:
+        raise InputError(f"--workers must be at least 1, got {workers}")
+    index, count = shard if shard is not None else parse_shard(None)
+    if not (count >= 1 and 0 <= index < count):
+        raise InputError(f"shard {index}/{count}: need 0 <= I < N")
+    items = find_clips(root, config.speaker_depth, exclude=out)
+    if not items:
+        raise InputError(f"no video clips ({', '.join(VIDEO_EXTENSIONS)}) in {root} or below it")
+    mine = [it for it in items if shard_of(it.path, count) == index]
+    _open_output(out, root, config)
+    tag = shard_tag(index, count)
+    started = time.perf_counter()
+    with _shard_lock(out / f".lock-{tag}"):
+        for stale in (out / ".scratch").glob(f"{tag}-w*"):  # left by a run that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+        latest = latest_records(out)
+        todo = [it for it in mine if _needs_work(root, it, latest.get(it.path), retry_failed)]
+        ends: dict[str, int] = {}
+        mpath = manifest_path(out, index, count)
+        if mpath.exists():
+            for r in read_manifest(mpath):
+                if r.get("span"):
+                    ends[r["pack"]] = max(ends.get(r["pack"], 0), r["span"][1])
+        counts = {"ok": 0, "skipped": 0, "failed": 0}
+        frames = 0
+        bar = tqdm(total=len(todo), desc=f"corpus {tag}", unit="clip", disable=not progress, dynamic_ncols=True)
+        with ManifestWriter(mpath) as manifest, contextlib.closing(bar):
+            def on_record(record: dict) -> None:
+                nonlocal frames
+                manifest.write(record)
+                counts[record["status"]] += 1
+                frames += int(record.get("frames") or 0) if record["status"] == "ok" else 0
+                if record["status"] != "ok":
+                    bar.write(f"{record['status']}: {record['path']}: {record['reason']}", file=sys.stderr)
+                bar.update(1)
+                bar.set_postfix(counts, refresh=False)
+
+            if todo and (workers == 1 or len(todo) == 1):
+                pack = PackWriter(_pack_path(out, tag, 0), ends.get(_pack_name(tag, 0), 0))
+                try:
+                    for item in todo:
+                        on_record(process_clip(root, item, config, pack, out / ".scratch" / f"{tag}-w00"))
+                finally:
+                    pack.close()
+            elif todo:
+                _run_workers(min(workers, len(todo)), todo, root, out, tag, ends, config, on_record)
+    return {"clips": len(items), "shard": [index, count], "shard_clips": len(mine),
+            "done_before": len(mine) - len(todo), "prepared": counts, "frames": frames,
+            "seconds": round(time.perf_counter() - started, 2)}
+
