@@ -20,6 +20,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/features.py
 	$(PY) benchmarks/render.py
 	$(PY) benchmarks/motion.py
+	$(PY) benchmarks/corpus.py
 
 venv: $(STAMP)
 
