@@ -35,28 +35,12 @@ from geneface.fileio import read_npz
 from geneface.motion import Audio2Motion, MotionModel, SyncNet, mouth_opening
 from geneface.motion.data import pitch_from_mel
 from geneface.motion.presets import preset
+from geneface.synth.corpus import SENTENCES
 from geneface.motion.train import MotionTrainConfig, train_motion
 
-TRAIN_TEXTS = [
-    "The quick brown fox jumps over the lazy dog near the river bank.",
-    "She sells sea shells by the sea shore on a sunny morning in May.",
-    "Peter Piper picked a peck of pickled peppers for his mother.",
-    "A journey of a thousand miles begins with a single careful step.",
-    "Bright colours make the old house look warm and welcoming again.",
-    "We will meet at noon to discuss the plans for the new garden.",
-    "Numbers like seven, eleven and forty two appear in many stories.",
-    "Please open the window because the room is getting rather hot.",
-    "Yesterday the wind blew the leaves across the empty parking lot.",
-    "Good food and good friends make every evening feel much shorter.",
-    "The library closes at nine, so bring the books back before then.",
-    "How much wood would a woodchuck chuck if a woodchuck could chuck wood?",
-]
+TRAIN_TEXTS = list(SENTENCES[:12])
 TRAIN_VOICES = [("en-us", 150), ("en-gb", 165), ("en-us+m3", 140)]
-TEST_TEXTS = [
-    "Music fills the hall while the audience waits for the concert to begin.",
-    "Every morning the baker wakes up early to prepare fresh bread and rolls.",
-    "Thunder rolled over the hills as the children hurried home from school.",
-]
+TEST_TEXTS = list(SENTENCES[12:15])
 TEST_VOICE = ("en-gb-x-rp+f3", 135)  # a voice and sentences the model never heard
 TARGET_REALTIME = 100.0
 

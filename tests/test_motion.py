@@ -26,22 +26,11 @@ from geneface.motion import (Audio2Motion, Discriminator, MotionModel, Postnet, 
 from geneface.motion.layers import CouplingFlow
 from geneface.motion.presets import preset
 from geneface.motion.runio import load_optimizer, save_optimizer
+from geneface.synth.corpus import SENTENCES
 from geneface.motion.train import MotionTrainConfig, TrainingError, motion_metrics, syncnet_auc, train_motion
 
-TEXTS_A = [
-    "The quick brown fox jumps over the lazy dog near the river bank.",
-    "She sells sea shells by the sea shore on a sunny morning in May.",
-    "Peter Piper picked a peck of pickled peppers for his mother.",
-    "A journey of a thousand miles begins with a single careful step.",
-    "Bright colours make the old house look warm and welcoming again.",
-    "We will meet at noon to discuss the plans for the new garden.",
-    "Numbers like seven, eleven and forty two appear in many stories.",
-    "Please open the window because the room is getting rather hot.",
-]
-TEXTS_B = [
-    "Music fills the hall while the audience waits for the concert to begin.",
-    "Every morning the baker wakes up early to prepare fresh bread and rolls.",
-]
+TEXTS_A = list(SENTENCES[:8])
+TEXTS_B = list(SENTENCES[12:14])
 TINY = dict(batch_size=8, window=32, syncnet_pairs=256, warmup=20, log_every=10)
 
 
