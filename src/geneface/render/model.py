@@ -47,6 +47,10 @@ class ModelConfig:
     """Plane resolutions of the torso encoding."""
     torso_channels: int = 4
     """Feature channels of the torso planes."""
+    window: str = "centred"
+    """How the landmark condition weighs its 5-frame window: ``centred`` (a symmetric kernel peaked at the
+    frame, the eyes from the frame alone, so blinks and lips are never shifted in time) or ``free`` (any
+    learned weights; models saved before this option)."""
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -55,6 +59,7 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown model options {sorted(unknown)}")
         d = dict(d)
+        d.setdefault("window", "free")  # saved before the option existed: keep what they were trained with
         for key in ("resolutions", "torso_resolutions"):
             if key in d:
                 d[key] = tuple(d[key])
@@ -132,7 +137,7 @@ class PersonModel(nn.Module):
         self.geometry = geometry
         c, g = config, geometry
         self.size = int(g.size)
-        self.condition = LandmarkCondition(embed_dim=c.embed_dim, hidden=c.hidden)
+        self.condition = LandmarkCondition(embed_dim=c.embed_dim, hidden=c.hidden, window=c.window)
         self.head = HeadField(tuple(g.box_lo), tuple(g.box_hi), g.region_lo, g.region_hi, resolutions=c.resolutions,
                               channels=c.channels, embed_dim=c.embed_dim, hidden=c.hidden, layers=c.layers,
                               geo_dim=c.geo_dim, code_dim=c.code_dim)

@@ -66,7 +66,15 @@ class RenderTrainConfig:
     lip_fraction: float = 0.25
     """Share of the head rays drawn from the mouth box (lip emphasis)."""
     eye_fraction: float = 0.0
-    """Share of the head rays drawn from the eyes' box (0.1 did not sharpen blinks on the synthetic person)."""
+    """Share of every frame's head rays drawn from the eyes' box (the rays that matter for blinks are
+    those of the few blink frames: see the next two)."""
+    blink_eye_fraction: float = 0.25
+    """Extra share of a frame's head rays drawn from the eyes' box, times how far its eye opening is from
+    the person's usual one (`RenderData.eye_rarity`, 1 at a full blink): blinks are rare and last a frame
+    or two, so closed eyes get few rays otherwise."""
+    blink_frame_boost: float = 4.0
+    """Head-phase frames are drawn with weight 1 + this times the same eye rarity, so that blink frames come
+    up more often (0: uniformly)."""
     alpha_weight: float = 0.05
     """Weight of the head-alpha-vs-head-label loss (head phase)."""
     distortion_weight: float = 1e-2
@@ -79,7 +87,8 @@ class RenderTrainConfig:
     torso_alpha_weight: float = 0.02
     """Weight of the torso-alpha-vs-torso-label loss (torso phase)."""
     perceptual_weight: float = 0.01
-    """Weight of the LPIPS loss on mouth patches, used only where LPIPS weights are installed."""
+    """Weight of the LPIPS loss on mouth patches, used only where LPIPS weights are installed
+    (`geneface.evaluate.lpips`; it adds about 2% to a head step on the CPU)."""
     occupancy_every: int = 16
     """Steps between occupancy-grid updates (head phase)."""
     val_every: int = 250
@@ -337,7 +346,8 @@ class RenderTrainer:
                 self._set_lr(opt, phase, k)
                 batch = d.sample(c.frames_per_step, c.rays_per_frame * (1 if phase == "head" else c.torso_rays_factor),
                                  phase, c.lip_fraction, generator=gen, patch=self.patch if phase == "head" else 0,
-                                 depth_fraction=c.depth_fraction, eye_fraction=c.eye_fraction)
+                                 depth_fraction=c.depth_fraction, eye_fraction=c.eye_fraction,
+                                 blink_eye_fraction=c.blink_eye_fraction, blink_frame_boost=c.blink_frame_boost)
                 losses = self._losses(phase, batch)
                 loss = sum(losses.values())
                 if not torch.isfinite(loss):
