@@ -166,3 +166,17 @@ def test_bundled_demo_model_renders(tmp_path, capsys):
 
 def test_demo_export_needs_retrain(capsys, tmp_path):
     _expect(capsys, ["demo", "--export", str(tmp_path / "m"), "--out", str(tmp_path / "o.mp4")], "add --retrain")
+
+
+def test_train_all_then_rerun_skips_finished_stages(synthetic_clip, tmp_path, capsys):
+    person = tmp_path / "person"
+    argv = ["train", "all", str(synthetic_clip[0]), "--out", str(person), "--size", "64", "--motion-steps", "4",
+            "--render-steps", "4", "--device", "cpu"]
+    assert main(argv) == 0
+    assert "person model written" in capsys.readouterr().out
+    weights = {p: p.stat().st_mtime_ns for p in person.rglob("*.safetensors")}
+    assert len(weights) >= 3  # syncnet, generator, renderer
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("is already trained; skipping") == 2
+    assert weights == {p: p.stat().st_mtime_ns for p in person.rglob("*.safetensors")}

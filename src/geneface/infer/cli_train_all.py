@@ -11,6 +11,14 @@ from ..dataset import PersonDataset
 from .person import Person
 
 
+def _finished(run: Path) -> bool:
+    """A motion or render run that has completed: its config is there and its training state is gone."""
+    from ..motion.runio import STATE_DIR as MOTION_STATE
+    from ..render.train import STATE_DIR as RENDER_STATE
+
+    return (run / "config.json").exists() and not any((run / d).exists() for d in (MOTION_STATE, RENDER_STATE))
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("video", type=Path, help="video of the person talking")
     p.add_argument("--out", type=Path, required=True, help="person model folder to create (or resume)")
@@ -47,6 +55,10 @@ def run(args: argparse.Namespace) -> int:
     steps.append(["train", "render", "--data", str(data), "--out", str(out / "render"), "--size", str(size),
                   "--device", args.device] + (["--steps", str(args.render_steps)] if args.render_steps else []))
     for argv in steps:
+        run_dir = Path(argv[argv.index("--out") + 1])
+        if argv[0] == "train" and _finished(run_dir):
+            print(f"== {run_dir} is already trained; skipping `geneface {' '.join(argv[:2])}`")
+            continue
         print(f"== geneface {' '.join(argv)}")
         code = main(argv)
         if code:
