@@ -180,3 +180,14 @@ def test_train_all_then_rerun_skips_finished_stages(synthetic_clip, tmp_path, ca
     out = capsys.readouterr().out
     assert out.count("is already trained; skipping") == 2
     assert weights == {p: p.stat().st_mtime_ns for p in person.rglob("*.safetensors")}
+
+
+def test_person_records_its_feature_model(tiny_person, tmp_path):
+    from geneface.dataset import PersonDataset
+    from geneface.infer.person import Person
+
+    assert Person(tiny_person).feature_model is None
+    root = tmp_path / "p"
+    root.mkdir()
+    Person.write(root, PersonDataset(tiny_person / "data"), feature_kind="hubert", feature_model=tmp_path / "hubert")
+    assert Person(root).feature_model == (tmp_path / "hubert").resolve()

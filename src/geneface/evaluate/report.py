@@ -355,7 +355,7 @@ def evaluate(person_dir: str | os.PathLike, audio_paths: list[str | os.PathLike]
     entries = []
     for k, (path, speech) in enumerate(tqdm(clips, desc="audio", unit="file", disable=not (config.progress and clips))):
         start = time.perf_counter()
-        feats, speech_pitch = model.features_for_audio(speech)
+        feats, speech_pitch = model.features_for_audio(speech, model_path=person.feature_model)
         t_feat = time.perf_counter() - start
         offsets, t_pred = _timed_predict(model, person, feats, speech_pitch, config)
         frames_n = len(offsets)

@@ -27,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smoothing", type=float, default=d.smoothing,
                    help="temporal smoothing of landmarks, Gaussian sigma in frames (0 = off)")
     p.add_argument("--side-by-side", action="store_true", help="draw the predicted landmarks beside the video")
+    p.add_argument("--feature-model", default=None,
+                   help="local model folder of the audio features (hubert); default: the one used in training")
     p.add_argument("--batch", type=int, default=d.batch, help="frames rendered at once")
     p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda", "mps"], help="compute device")
 
@@ -34,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = InferConfig(temperature=args.temperature, seed=args.seed, pose=args.pose, blink=args.blink,
                          mouth_scale=args.mouth_scale, smoothing=args.smoothing, side_by_side=args.side_by_side,
-                         batch=args.batch, device=args.device)
+                         batch=args.batch, device=args.device, feature_model=args.feature_model)
     out = infer(args.person, args.audio, args.out, config)
     print(f"wrote {out}")
     return 0

@@ -24,6 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="person model folder to create (or resume)")
     p.add_argument("--size", type=int, default=None, help="frame size (default: 512 on a GPU, 128 on the CPU)")
     p.add_argument("--features", default="mel", help="audio feature kind: mel, whisper or hubert")
+    p.add_argument("--feature-model", type=Path, default=None,
+                   help="local model folder for --features hubert (a transformers HubertModel; recorded in the "
+                        "person model for infer)")
     p.add_argument("--audio", type=Path, default=None, help="speech to use instead of the video's audio track")
     p.add_argument("--prior", type=Path, default=None,
                    help="a pretrained audio2motion run to adapt with the postnet instead of training from scratch")
@@ -41,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     data = out / "data"
     steps = [["process", str(args.video), "--out", str(data), "--size", str(size), "--features", args.features]
-             + (["--audio", str(args.audio)] if args.audio else [])]
+             + (["--audio", str(args.audio)] if args.audio else [])
+             + (["--feature-model", str(args.feature_model)] if args.feature_model else [])]
     if args.prior is None:
         preset = "geneface" if device.type == "cuda" else "small"
         steps.append(["train", "motion", "--data", str(data), "--out", str(out / "motion"), "--device", args.device,
@@ -63,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         code = main(argv)
         if code:
             raise SystemExit(code)
-    Person.write(out, PersonDataset(data), feature_kind=args.features)
+    Person.write(out, PersonDataset(data), feature_kind=args.features, feature_model=args.feature_model)
     Person(out)  # check it loads
     print(f"person model written to {out}; render speech with: geneface infer --person {out} --audio SPEECH --out OUT.mp4")
     return 0

@@ -2,7 +2,7 @@
 
 Folder layout (``geneface train all`` writes it)::
 
-    PERSON/person.json   format, version, fps, size, feature kind, run folder names
+    PERSON/person.json   format, version, fps, size, feature kind (and its local model folder), run folder names
     PERSON/track.npz     c2w [N,4,4] training poses, intrinsics [3,3], landmark statistics (below)
     PERSON/motion/       audio2motion run (geneface.motion)
     PERSON/render/       head NeRF + torso run (geneface.render)
@@ -99,6 +99,12 @@ class Person:
         return str(self.meta["features"])
 
     @property
+    def feature_model(self) -> Path | None:
+        """The local model folder the audio features need (hubert), as given to `train all`, or None."""
+        path = self.meta.get("feature_model")
+        return Path(path) if path else None
+
+    @property
     def motion_dir(self) -> Path:
         return self.root / self.meta["motion"]
 
@@ -113,7 +119,7 @@ class Person:
 
     @staticmethod
     def write(root: Path, data: PersonDataset, feature_kind: str, motion: str = "motion",
-              render: str = "render") -> None:
+              render: str = "render", feature_model: Path | None = None) -> None:
         """Write person.json and track.npz for runs ``root/motion`` and ``root/render`` trained on ``data``."""
         train = data.split("train")
         offsets = data.motion["offsets"][train]
@@ -123,7 +129,8 @@ class Person:
                   mean68=stats.mean68, iod=np.array(stats.iod, np.float32))
         write_json(root / "person.json", {"format": FORMAT, "version": VERSION, "fps": data.fps,
                                           "size": data.size, "features": feature_kind,
-                                          "motion": motion, "render": render})
+                                          "motion": motion, "render": render,
+                                          "feature_model": str(feature_model.resolve()) if feature_model else None})
 
 
 def project_landmarks(offsets: np.ndarray, c2w: np.ndarray, K: np.ndarray, stats: LandmarkStats) -> np.ndarray:

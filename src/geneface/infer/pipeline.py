@@ -41,6 +41,8 @@ class InferConfig:
     """Frames rendered at once."""
     device: str = "auto"
     """auto, cpu, cuda or mps."""
+    feature_model: str | None = None
+    """Local model folder of the audio features (hubert); default: the one the person was trained with."""
 
 
 def load_pose(mode: str, person: Person, num_frames: int) -> np.ndarray:
@@ -68,7 +70,8 @@ def predict_landmarks(person: Person, audio: np.ndarray, config: InferConfig) ->
     if model.feature_kind != person.feature_kind:
         raise InputError(f"the motion model uses {model.feature_kind!r} features but the person model says "
                          f"{person.feature_kind!r}")
-    offsets = model.predict_audio(audio, num_frames=num_frames, temperature=config.temperature, seed=config.seed)
+    offsets = model.predict_audio(audio, num_frames=num_frames, temperature=config.temperature, seed=config.seed,
+                                  model_path=config.feature_model or person.feature_model)
     return stabilise(offsets, person.stats, smoothing=config.smoothing, mouth_scale=config.mouth_scale,
                      blink=config.blink, fps=person.fps, seed=config.seed)
 
