@@ -228,6 +228,11 @@ def test_frechet_distance_singular_and_bad_input():
     a, b = rng.normal(size=(5, 32)), rng.normal(size=(6, 32)) + 1  # fewer samples than dimensions
     value = frechet_distance(a, b)
     assert np.isfinite(value) and value > 32 * 0.5  # the mean shift alone gives 32
+    # against the definition: tr (S_a S_b)^(1/2) as the sum of the square roots of the product's eigenvalues
+    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    eig = np.clip(np.linalg.eigvals(sa @ sb).real, 0, None)
+    ref = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(sa) + np.trace(sb) - 2 * np.sqrt(eig).sum()
+    assert value == pytest.approx(ref, rel=1e-6)
     with pytest.raises(ValueError, match="one D"):
         frechet_distance(a, b[:, :31])
     with pytest.raises(ValueError, match="at least 2"):

@@ -105,7 +105,8 @@ def frechet_distance(a: np.ndarray, b: np.ndarray, eps: float = 1e-6) -> float:
     """Fréchet distance between Gaussians fitted to features a [N, D] and b [M, D]:
     ``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2))`` (sample covariances, N, M >= 2).
 
-    The matrix square root is scipy's ``sqrtm``; where it is not finite (singular covariances, e.g. fewer
+    With fewer samples than dimensions the square root's trace has an exact closed form (below); otherwise
+    it is scipy's ``sqrtm``; where that is not finite (singular covariances, e.g. fewer
     samples than dimensions) both covariances get ``eps`` added on the diagonal; a small imaginary part
     from round-off is dropped, a large one is an error."""
     from scipy import linalg
@@ -117,8 +118,15 @@ def frechet_distance(a: np.ndarray, b: np.ndarray, eps: float = 1e-6) -> float:
     if len(a) < 2 or len(b) < 2:
         raise ValueError(f"need at least 2 samples on each side, got {len(a)} and {len(b)}")
     mu_a, mu_b = a.mean(0), b.mean(0)
+    diff = mu_a - mu_b
     s_a = np.atleast_2d(np.cov(a, rowvar=False))
     s_b = np.atleast_2d(np.cov(b, rowvar=False))
+    if min(len(a), len(b)) <= a.shape[1]:
+        # fewer samples than dimensions: tr (S_a S_b)^(1/2) is exactly the sum of the singular values of
+        # A B^T / sqrt((N-1)(M-1)) for the centred A [N, D], B [M, D] (an [N, M] SVD, no [D, D] square root)
+        cross = (a - mu_a) @ (b - mu_b).T
+        tr_covmean = np.linalg.svd(cross, compute_uv=False).sum() / np.sqrt((len(a) - 1) * (len(b) - 1))
+        return float(max(diff @ diff + np.trace(s_a) + np.trace(s_b) - 2 * tr_covmean, 0.0))
     covmean = linalg.sqrtm(s_a @ s_b)
     if not np.isfinite(covmean).all():
         offset = np.eye(len(s_a)) * eps
@@ -128,5 +136,4 @@ def frechet_distance(a: np.ndarray, b: np.ndarray, eps: float = 1e-6) -> float:
         if imag > 1e-3 * max(1.0, np.abs(covmean.real).max()):
             raise ValueError(f"the covariance product's square root has a large imaginary part ({imag:.3g})")
         covmean = covmean.real
-    diff = mu_a - mu_b
     return float(max(diff @ diff + np.trace(s_a) + np.trace(s_b) - 2 * np.trace(covmean), 0.0))

@@ -260,8 +260,8 @@ def evaluate(person_dir: str | os.PathLike, audio_paths: list[str | os.PathLike]
     if count >= MIN_FID_FRAMES:
         inception, why_fid = metrics.load_optional("fid", "load_inception", device)
     else:
-        why_fid = (f"needs at least {MIN_FID_FRAMES} validation frames, got {count} (on so few frames FID "
-                   f"is meaningless and its 2048-d matrix square root alone takes about a minute)")
+        why_fid = (f"needs at least {MIN_FID_FRAMES} validation frames, got {count} (on fewer frames the "
+                   f"estimate of 2048-d feature statistics is too noisy to compare)")
 
     # 3. motion on the validation audio
     (clip,) = load_dataset_clips(data.root, person.feature_kind, splits=("val",), min_frames=1)  # as in training
