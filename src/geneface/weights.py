@@ -127,3 +127,25 @@ def package_file(package: str, relative: str, purpose: str, hint: str) -> Path:
         if path.is_file():
             return path
     raise MissingModelError(f"'{package}' is installed but lacks {relative}; reinstall it: {hint}")
+
+
+def read_run_config(run: str | os.PathLike, fmt: str, version: int, what: str, command: str,
+                    state_dir: str = "train_state") -> dict:
+    """``config.json`` of a finished training run, checked for ``fmt`` and ``version``; ``what`` names the run
+    in messages ("motion model") and ``command`` is the one that trains it."""
+    run = Path(run)
+    if not run.is_dir():
+        raise InputError(f"no {what} folder {run} (train one with `{command}`)")
+    path = run / "config.json"
+    if not path.exists():
+        hint = " (training did not finish; rerun the same command to resume)" if (run / state_dir).exists() else ""
+        raise InputError(f"{run} is not a trained {what}: no config.json{hint}")
+    try:
+        config = read_json(path)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"{path} is corrupt ({e})") from None
+    if not isinstance(config, dict) or config.get("format") != fmt:
+        raise InputError(f"{run} is not a geneface {what}")
+    if config.get("version") != version:
+        raise InputError(f"{run} has {what} version {config.get('version')}; this geneface reads version {version}")
+    return config

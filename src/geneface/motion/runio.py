@@ -14,12 +14,10 @@ RUN/
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-from ..errors import InputError
-from ..fileio import read_json
+from .. import weights
 from ..weights import (config_from_dict, config_to_dict, load_optimizer, load_weights, read_weights,  # noqa: F401
                        save_optimizer, save_weights)
 
@@ -29,21 +27,5 @@ STATE_DIR = "train_state"
 
 
 def read_run_config(run: str | os.PathLike) -> dict:
-    """``config.json`` of a finished run, checked for format and version."""
-    run = Path(run)
-    if not run.is_dir():
-        raise InputError(f"no motion model folder {run} (train one with `geneface train motion`)")
-    path = run / "config.json"
-    if not path.exists():
-        hint = " (training did not finish; rerun the same command to resume)" if (run / STATE_DIR).exists() else ""
-        raise InputError(f"{run} is not a trained motion model: no config.json{hint}")
-    try:
-        config = read_json(path)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{path} is corrupt ({e})") from None
-    if not isinstance(config, dict) or config.get("format") != RUN_FORMAT:
-        raise InputError(f"{run} is not a geneface motion model")
-    if config.get("version") != RUN_VERSION:
-        raise InputError(f"{run} has motion model version {config.get('version')}; this geneface reads "
-                         f"version {RUN_VERSION}")
-    return config
+    """``config.json`` of a finished motion run, checked for format and version."""
+    return weights.read_run_config(run, RUN_FORMAT, RUN_VERSION, "motion model", "geneface train motion", STATE_DIR)

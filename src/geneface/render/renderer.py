@@ -11,8 +11,7 @@ from torch import Tensor
 
 from ..device import resolve_device
 from ..errors import InputError
-from ..fileio import read_json
-from ..weights import load_weights
+from ..weights import load_weights, read_run_config
 from .fields import WINDOW
 from .model import PARTS, ModelConfig, PersonGeometry, PersonModel, RenderOutput
 from .train import RUN_FORMAT, RUN_VERSION, STATE_DIR
@@ -46,25 +45,11 @@ class PersonRenderer:
         """Load a finished run of `geneface train render` onto ``device`` (cpu, cuda, mps or auto)."""
         run = Path(run_dir)
         dev = device if isinstance(device, torch.device) else resolve_device(device)
-        if not run.is_dir():
-            raise InputError(f"no renderer folder {run} (train one with `geneface train render`)")
-        path = run / "config.json"
-        if not path.exists():
-            hint = " (training did not finish; rerun the same command to resume)" if (run / STATE_DIR).exists() else ""
-            raise InputError(f"{run} is not a trained renderer: no config.json{hint}")
-        try:
-            config = read_json(path)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise InputError(f"{path} is corrupt ({e})") from None
-        if not isinstance(config, dict) or config.get("format") != RUN_FORMAT:
-            raise InputError(f"{run} is not a geneface renderer")
-        if config.get("version") != RUN_VERSION:
-            raise InputError(f"{run} has renderer version {config.get('version')}; this geneface reads "
-                             f"version {RUN_VERSION}")
+        config = read_run_config(run, RUN_FORMAT, RUN_VERSION, "renderer", "geneface train render", STATE_DIR)
         try:
             model = PersonModel(ModelConfig.from_dict(config["model"]), PersonGeometry(**config["geometry"]))
         except (KeyError, TypeError, ValueError) as e:
-            raise InputError(f"{path} is corrupt ({type(e).__name__}: {e})") from None
+            raise InputError(f"{run / 'config.json'} is corrupt ({type(e).__name__}: {e})") from None
         load_weights(run / "model.safetensors", model)
         return cls(model.to(dev))
 
