@@ -23,8 +23,6 @@ LANDMARKS_68 = np.array([
     61, 40, 37, 0, 267, 270, 291, 321, 314, 17, 84, 91,  # outer lips
     78, 81, 13, 311, 308, 402, 14, 178,  # inner lips
 ])
-MOUTH_68 = np.arange(48, 68)
-"""The 20 mouth points of the 68 layout."""
 
 # Closed contours (in order) of the mesh, as indices into the 478 points.
 FACE_OVAL = np.array([10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378,

@@ -11,10 +11,10 @@ from typing import Iterable, Iterator
 import av
 import numpy as np
 
+from .constants import AUDIO_RATE, FPS
 from .errors import InputError
 from .fileio import atomic_path
 
-AUDIO_RATE = 16000
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         )
 
 
-def read_video(path: str | os.PathLike, fps: float = 25.0) -> Iterator[np.ndarray]:
+def read_video(path: str | os.PathLike, fps: float = FPS) -> Iterator[np.ndarray]:
     """Yield RGB frames ``[H, W, 3] uint8`` resampled to ``fps`` (nearest earlier source frame).
 
     Variable-rate and other-rate sources come out at exactly ``fps``: output frame ``k`` shows the
@@ -165,7 +165,7 @@ class VideoWriter:
                 w.write(frame)
     """
 
-    def __init__(self, path: str | os.PathLike, fps: float = 25.0, audio: np.ndarray | None = None,
+    def __init__(self, path: str | os.PathLike, fps: float = FPS, audio: np.ndarray | None = None,
                  audio_rate: int = AUDIO_RATE, crf: int = 18) -> None:
         self.path = Path(path)
         if not self.path.parent.exists():
@@ -226,7 +226,7 @@ class VideoWriter:
             self._atomic.__exit__(exc_type, exc, tb)
 
 
-def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float = 25.0,
+def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float = FPS,
                 audio: np.ndarray | None = None, audio_rate: int = AUDIO_RATE) -> int:
     """Write frames (and audio) to an mp4; returns the number of frames written."""
     with VideoWriter(path, fps=fps, audio=audio, audio_rate=audio_rate) as writer:

@@ -8,7 +8,8 @@ from typing import Any, Callable
 
 import numpy as np
 from ..errors import MissingModelError
-from ..face import LANDMARKS_68, MOUTH_68, interocular
+from ..constants import AUDIO_RATE, MOUTH_68
+from ..face import LANDMARKS_68, interocular
 
 MAX_PSNR = 100.0
 """PSNR of identical images (the ideal value; keeps the report finite)."""
@@ -97,7 +98,7 @@ def image_lmd(found: list[np.ndarray | None], true_mesh: np.ndarray) -> dict[str
             "lmd_face_iod": face_iod, "face_found": len(keep) / len(found)}
 
 
-def frame_loudness(audio: np.ndarray, num_frames: int, fps: float, rate: int = 16000) -> np.ndarray:
+def frame_loudness(audio: np.ndarray, num_frames: int, fps: float, rate: int = AUDIO_RATE) -> np.ndarray:
     """RMS loudness [T] of 16 kHz audio [N] in each video frame's span (zero past the end)."""
     hop = rate / fps
     out = np.zeros(num_frames)

@@ -60,7 +60,7 @@ import numpy as np
 
 from .. import media
 from ..errors import InputError
-from ..face import MOUTH_68
+from ..constants import MOUTH_68
 from ..fileio import atomic_path, write_json
 from . import metrics, plots
 

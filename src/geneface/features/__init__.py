@@ -22,12 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, MissingModelError
-from .base import FEATURE_RATE, SAMPLE_RATE, FeatureExtractor, frames_for_audio
+from ..constants import AUDIO_RATE, FEATURE_RATE
+from .base import FeatureExtractor, frames_for_audio
 
 FEATURE_KINDS = ("mel", "whisper", "hubert")
 """Every feature kind, in order of preference for tests (mel needs no weights)."""
 
-__all__ = ["FEATURE_KINDS", "FEATURE_RATE", "SAMPLE_RATE", "FeatureExtractor", "MissingModelError",
+__all__ = ["FEATURE_KINDS", "FEATURE_RATE", "AUDIO_RATE", "FeatureExtractor", "MissingModelError",
            "extract_features", "frames_for_audio", "get_extractor"]
 
 

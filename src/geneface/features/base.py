@@ -16,21 +16,14 @@ from typing import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..constants import AUDIO_RATE, FPS, HOP
 from ..errors import InputError
 
-SAMPLE_RATE = 16000
-"""Input audio rate (Hz); every extractor takes 16 kHz mono float32."""
-FEATURE_RATE = 50
-"""Feature rows per second: two per 25 fps video frame."""
-VIDEO_FPS = 25
-"""The video frame rate the features are aligned to."""
-HOP = SAMPLE_RATE // FEATURE_RATE
-"""Audio samples per feature row (320 = 20 ms)."""
 
 
 def frames_for_audio(num_samples: int) -> int:
     """Video frames that ``num_samples`` of 16 kHz audio span: ``ceil(N / 16000 * 25)``, exact in integers."""
-    return -(-num_samples * VIDEO_FPS // SAMPLE_RATE)
+    return -(-num_samples * FPS // AUDIO_RATE)
 
 
 class FeatureExtractor(ABC):

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, MissingModelError
-from .base import HOP, FeatureExtractor, windowed
+from ..constants import AUDIO_RATE, HOP
+from .base import FeatureExtractor, windowed
 
 INSTALL_HINT = "pip install 'geneface[hubert]'"
 WINDOW_ROWS = 1000
@@ -69,7 +70,7 @@ class HubertExtractor(FeatureExtractor):
         config = model.config
         stride = int(np.prod(config.conv_stride))
         if stride != HOP:
-            raise MissingModelError(f"{path}: the model's frame rate is {16000 / stride:g} Hz, not 50 Hz "
+            raise MissingModelError(f"{path}: the model's frame rate is {AUDIO_RATE / stride:g} Hz, not 50 Hz "
                                     f"(convolution strides {tuple(config.conv_stride)})")
         # Receptive field of the convolutional front end, in samples (400 for HuBERT).
         field, jump = 1, 1

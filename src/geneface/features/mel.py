@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import HOP, SAMPLE_RATE, FeatureExtractor
+from ..constants import AUDIO_RATE, HOP
+from .base import FeatureExtractor
 
 F0_COLUMN = 80
 """Column of the normalised log f0 (0 when unvoiced)."""
@@ -90,7 +91,7 @@ def mel_centres(config: MelConfig = MelConfig()) -> np.ndarray:
 def mel_filterbank(config: MelConfig = MelConfig()) -> np.ndarray:
     """Triangular filters ``[n_mels, n_fft // 2 + 1]`` (peak 1) over the FFT bins."""
     edges = mel_band_edges(config)
-    freqs = np.fft.rfftfreq(config.n_fft, 1.0 / SAMPLE_RATE)
+    freqs = np.fft.rfftfreq(config.n_fft, 1.0 / AUDIO_RATE)
     lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
     rising = (freqs[None] - lo) / (mid - lo)
     falling = (hi - freqs[None]) / (hi - mid)
@@ -118,8 +119,8 @@ def yin(frames: np.ndarray, config: MelConfig = MelConfig()) -> tuple[np.ndarray
     """
     frames = frames.astype(np.float64)
     num, length = frames.shape
-    tau_min = int(np.ceil(SAMPLE_RATE / config.f0_max))
-    tau_max = int(np.floor(SAMPLE_RATE / config.f0_min))
+    tau_min = int(np.ceil(AUDIO_RATE / config.f0_max))
+    tau_max = int(np.floor(AUDIO_RATE / config.f0_min))
     width = length - tau_max - 1  # room for lags up to tau_max + 1
     if width < tau_max // 2:
         raise ValueError("f0 window too short for f0_min")
@@ -155,7 +156,7 @@ def yin(frames: np.ndarray, config: MelConfig = MelConfig()) -> tuple[np.ndarray
     with np.errstate(divide="ignore", invalid="ignore"):
         shift = np.where(curvature > 0, 0.5 * (left - right) / curvature, 0.0)
     shift = np.clip(shift, -1.0, 1.0)
-    return SAMPLE_RATE / (tau + shift), centre
+    return AUDIO_RATE / (tau + shift), centre
 
 
 class MelExtractor(FeatureExtractor):
@@ -166,8 +167,8 @@ class MelExtractor(FeatureExtractor):
     def __init__(self, config: MelConfig = MelConfig()) -> None:
         self.config = config
         self.dim = config.n_mels + 3
-        self.win_length = int(round(config.win_ms * SAMPLE_RATE / 1000))
-        self.f0_length = int(round(config.f0_win_ms * SAMPLE_RATE / 1000))
+        self.win_length = int(round(config.win_ms * AUDIO_RATE / 1000))
+        self.f0_length = int(round(config.f0_win_ms * AUDIO_RATE / 1000))
         self.window = np.hanning(self.win_length + 2)[1:-1].astype(np.float32)  # no zero end points
         self.bank = mel_filterbank(config)  # [n_mels, n_fft/2+1]
 

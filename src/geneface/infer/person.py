@@ -17,14 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..constants import EYE_LOWER_68, EYE_UPPER_68
 from ..dataset import PersonDataset
 from ..errors import InputError
 from ..fileio import read_json, read_npz, write_json, write_npz
 
 FORMAT = "geneface-person"
 VERSION = 1
-EYE_UPPER_68 = np.array([37, 38, 43, 44])
-EYE_LOWER_68 = np.array([41, 40, 47, 46])
 
 
 @dataclass

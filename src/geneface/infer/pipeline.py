@@ -11,6 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import media
+from ..constants import CONTOURS_68
 from ..errors import InputError
 from ..fileio import read_npz
 from .person import Person, project_landmarks
@@ -119,12 +120,9 @@ def infer(person_dir: str | os.PathLike, audio_path: str | os.PathLike, out: str
 def draw_landmarks(points: np.ndarray, size: int) -> np.ndarray:
     """A [size, size, 3] panel with the 68 points [68, 2] and their contours."""
     panel = np.full((size, size, 3), 24, np.uint8)
-    groups = [range(0, 17), range(17, 22), range(22, 27), range(27, 31), range(31, 36), range(36, 42),
-              range(42, 48), range(48, 60), range(60, 68)]
-    closed = {5, 6, 7, 8}
-    for g, idx in enumerate(groups):
-        pts = np.round(points[list(idx)]).astype(np.int32)
-        cv2.polylines(panel, [pts], g in closed, (90, 200, 255), 1, cv2.LINE_AA)
+    for idx, closed in CONTOURS_68:
+        pts = np.round(points[idx]).astype(np.int32)
+        cv2.polylines(panel, [pts], closed, (90, 200, 255), 1, cv2.LINE_AA)
     for x, y in np.round(points).astype(int):
         cv2.circle(panel, (x, y), 1, (255, 255, 255), -1, cv2.LINE_AA)
     return panel

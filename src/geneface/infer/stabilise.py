@@ -6,10 +6,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
+from ..constants import EYES_68, MOUTH_68
 from .person import LandmarkStats
 
-MOUTH = np.arange(48, 68)
-EYES = np.arange(36, 48)
 BLINK_PROFILE = np.array([0.35, 0.85, 1.0, 0.75, 0.3])
 """Eyelid closure over the frames of one blink."""
 
@@ -26,18 +25,18 @@ def stabilise(offsets: np.ndarray, stats: LandmarkStats, *, smoothing: float = 1
     5. eyes: held open at the mean, with blinks every 2-6 s (``blink="auto"``) or none (``"off"``).
     """
     out = offsets.astype(np.float64).copy()
-    out[:, MOUTH] *= mouth_scale
+    out[:, MOUTH_68] *= mouth_scale
     if manifold:
         flat = out.reshape(len(out), -1) - stats.pca_mean
         out = (flat @ stats.pca_basis.T @ stats.pca_basis + stats.pca_mean).reshape(out.shape)
     span = stats.high - stats.low
     low, high = stats.low - margin * span, stats.high + margin * span
     if mouth_scale > 1:
-        low[MOUTH], high[MOUTH] = low[MOUTH] * mouth_scale, high[MOUTH] * mouth_scale
+        low[MOUTH_68], high[MOUTH_68] = low[MOUTH_68] * mouth_scale, high[MOUTH_68] * mouth_scale
     out = np.clip(out, low, high)
     if smoothing > 0 and len(out) > 2:
         out = gaussian_filter1d(out, smoothing, axis=0, mode="nearest")
-    out[:, EYES] = 0.0
+    out[:, EYES_68] = 0.0
     if blink == "auto":
         out += blink_track(len(out), fps, seed)[:, None, None] * stats.blink_offsets()[None]
     elif blink != "off":

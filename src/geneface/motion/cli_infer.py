@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..constants import AUDIO_RATE
 from ..device import DEVICES
 from ..errors import InputError
 
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     if sync is not None:
         arrays.update(sync_confidence=sync.confidence.astype(np.float32), sync_offset=np.array(sync.offset))
     write_npz(args.out, **arrays)
-    seconds = audio.size / 16000
+    seconds = audio.size / AUDIO_RATE
     lines = [f"wrote {args.out}: {num_frames} frames ({seconds:.2f} s of audio); features {feature_seconds:.2f} s, "
              f"motion {model_seconds:.3f} s ({seconds / max(model_seconds, 1e-9):.0f}x real time)"]
     if sync is not None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..constants import AUDIO_RATE
 from ..device import resolve_device
 from ..errors import InputError
 from ..fileio import write_json
@@ -19,7 +20,6 @@ from .runio import (RUN_FORMAT, RUN_VERSION, config_from_dict, config_to_dict, l
                     save_weights)
 from .syncnet import SyncNet, SyncNetConfig, SyncScore
 
-AUDIO_RATE = 16000
 
 
 def check_audio(audio: np.ndarray, what: str = "audio") -> np.ndarray:

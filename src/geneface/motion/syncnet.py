@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..face import MOUTH_68
+from ..constants import MOUTH_68
 from .layers import ConvBlock
 
 AUDIO_WINDOW = 10

@@ -24,6 +24,7 @@ import torch.distributed as tdist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..constants import MOUTH_68
 from ..device import resolve_device
 from ..errors import GeneFaceError, InputError
 from ..fileio import atomic_dir, read_json, write_json
@@ -331,7 +332,7 @@ def syncnet_auc(syncnet: SyncNet, clips: list[MotionClip], seed: int = 0, max_wi
         other = np.where((other < 0) | (other >= n), idx - shift, other)
         ok = (other >= 0) & (other < n)
         feats = torch.from_numpy(clip.features).to(dev)
-        mouth = torch.from_numpy(clip.offsets).to(dev)[:, 48:68]
+        mouth = torch.from_numpy(clip.offsets).to(dev)[:, MOUTH_68]
         m_idx = torch.from_numpy(idx)[:, None].to(dev) + torch.arange(MOUTH_WINDOW, device=dev)
         a_pos = 2 * torch.from_numpy(idx)[:, None].to(dev) + torch.arange(AUDIO_WINDOW, device=dev)
         a_neg = 2 * torch.from_numpy(other[ok])[:, None].to(dev) + torch.arange(AUDIO_WINDOW, device=dev)
@@ -371,7 +372,7 @@ def motion_metrics(model: MotionModel, clips: list[MotionClip], temperature: flo
         pred = model.predict(clip.features, clip.pitch, temperature=temperature, seed=seed, postnet=postnet)
         real = clip.offsets
         rows.append({
-            "mouth_lmd": float(np.linalg.norm(pred[:, 48:68] - real[:, 48:68], axis=-1).mean()),
+            "mouth_lmd": float(np.linalg.norm(pred[:, MOUTH_68] - real[:, MOUTH_68], axis=-1).mean()),
             "mouth_corr": _pearson(mouth_opening(pred), mouth_opening(real)),
             "sync_pred": model.score(clip.features, pred).mean_confidence,
             "sync_real": model.score(clip.features, real).mean_confidence,

@@ -10,24 +10,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..constants import EYE_CORNERS_68, EYE_LOWER_68, EYE_UPPER_68, EYES_68, MOUTH_68
 from ..dataset import PersonDataset
 from ..errors import InputError
 from .fields import REGIONS, WINDOW
 from .model import PersonGeometry, RayBatch
 
-MOUTH_68 = list(range(48, 68))
-EYES_68 = list(range(36, 48))
-EYE_LIDS_68 = ((37, 41), (38, 40), (43, 47), (44, 46))  # (upper, lower) lid points facing each other
-EYE_CORNERS_68 = ((36, 39), (36, 39), (42, 45), (42, 45))  # the corners of the same eye, for its width
 
 
 def eye_opening(landmarks: np.ndarray) -> np.ndarray:
     """Eye opening [T] of 68-point landmarks [T, 68, 3]: the mean gap between facing lid points over the
     eye's width (about 0.3 for open eyes, near 0 when closed)."""
-    lids = np.array(EYE_LIDS_68)
-    corners = np.array(EYE_CORNERS_68)
-    gap = np.linalg.norm(landmarks[:, lids[:, 0]] - landmarks[:, lids[:, 1]], axis=-1)
-    width = np.linalg.norm(landmarks[:, corners[:, 0]] - landmarks[:, corners[:, 1]], axis=-1)
+    gap = np.linalg.norm(landmarks[:, EYE_UPPER_68] - landmarks[:, EYE_LOWER_68], axis=-1)
+    width = np.linalg.norm(landmarks[:, EYE_CORNERS_68[:, 0]] - landmarks[:, EYE_CORNERS_68[:, 1]], axis=-1)
     return (gap / np.maximum(width, 1e-6)).mean(1)
 
 

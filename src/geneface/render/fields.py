@@ -8,13 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..constants import BROWS_68, EYES_68, MOUTH_68
 from .encoding import PlaneEncoding, TriPlaneEncoding
 
 # Landmark regions of the iBUG-68 layout that drive separate parts of the head. The mouth path also sees
 # the lower jaw (it moves with the mouth); the eye path sees brows and eyes.
 REGIONS: dict[str, tuple[int, ...]] = {
-    "mouth": tuple(range(4, 13)) + tuple(range(48, 68)),
-    "eyes": tuple(range(17, 27)) + tuple(range(36, 48)),
+    "mouth": tuple(range(4, 13)) + tuple(MOUTH_68.tolist()),
+    "eyes": tuple(BROWS_68.tolist()) + tuple(EYES_68.tolist()),
 }
 WINDOW = 5  # frames in the condition's attention window (t-2 .. t+2)
 

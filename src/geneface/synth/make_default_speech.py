@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..constants import AUDIO_RATE
 from ..media import write_audio
 from .speech import speak
 
@@ -25,7 +26,7 @@ def main() -> None:
     audio = speak(TEXT, voice=VOICE, speed=SPEED)
     write_audio(ASSET, audio)
     ASSET.chmod(0o644)  # atomic writes create private temporary files; package data must be readable
-    print(f"wrote {ASSET}: {len(audio) / 16000:.2f} s, {ASSET.stat().st_size / 1024:.0f} KB")
+    print(f"wrote {ASSET}: {len(audio) / AUDIO_RATE:.2f} s, {ASSET.stat().st_size / 1024:.0f} KB")
 
 
 if __name__ == "__main__":
