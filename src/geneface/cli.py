@@ -8,6 +8,7 @@ import sys
 
 from . import __version__
 from .errors import GeneFaceError
+from .logs import setup_logging
 
 # (name, module, one-line help). Each module defines `add_arguments(parser)` and `run(args) -> int | None`.
 # A name with a space ("train render") is a subcommand of a group ("train").
@@ -34,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Audio-driven 3D talking-face synthesis: learn a person from a video, then make "
                     "them say any speech.")
     parser.add_argument("--version", action="version", version=f"geneface {__version__}")
+    loud = parser.add_mutually_exclusive_group()
+    loud.add_argument("-q", "--quiet", action="store_const", const=-1, dest="verbosity", default=0,
+                      help="print warnings and errors only")
+    loud.add_argument("-v", "--verbose", action="store_const", const=1, dest="verbosity",
+                      help="print debugging detail too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     groups: dict[str, argparse._SubParsersAction] = {}
     for name, module_name, help_text in COMMANDS:
@@ -59,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    setup_logging(args.verbosity)
     try:
         return int(args._run(args) or 0)
     except GeneFaceError as e:
