@@ -14,9 +14,9 @@ import torch
 
 from geneface.errors import MissingModelError
 from geneface.evaluate import fid as fid_mod
-from geneface.evaluate import lpips as lpips_mod
+from geneface import lpips as lpips_mod
 from geneface.evaluate.fid import frechet_distance, resize_legacy
-from geneface.evaluate.lpips import LPIPS, read_array_pickle
+from geneface.lpips import LPIPS, read_array_pickle
 
 
 def _installed(*packages: str) -> bool:

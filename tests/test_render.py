@@ -259,7 +259,7 @@ def test_resume_after_interruption(tiny_dataset, tmp_path, monkeypatch):
         RenderTrainer(tiny_dataset, run, config, progress=False).run()
 
 
-def test_perceptual_loss_on_mouth_patches(tiny_dataset, tmp_path, monkeypatch):
+def test_perceptual_loss_on_mouth_patches(tiny_dataset, tmp_path, monkeypatch, caplog):
     """Where LPIPS is installed it scores mouth patches; a stand-in module checks the plumbing."""
     import sys
 
@@ -268,9 +268,16 @@ def test_perceptual_loss_on_mouth_patches(tiny_dataset, tmp_path, monkeypatch):
     import geneface.render.train as train_mod
     from geneface.render.perceptual import load_perceptual
 
-    monkeypatch.setitem(sys.modules, "geneface.evaluate.lpips", None)  # not installed: off, with a warning
-    with pytest.warns(UserWarning, match="LPIPS"):
+    import geneface.render.perceptual as perceptual_mod
+    from geneface.errors import MissingModelError
+
+    def missing(device):
+        raise MissingModelError("LPIPS needs the weights of the 'lpips' package: pip install ...")
+
+    monkeypatch.setattr(perceptual_mod, "load_lpips", missing)  # not installed: off, with a warning
+    with caplog.at_level("WARNING", logger="geneface"):
         assert load_perceptual("cpu") is None
+    assert "perceptual (LPIPS) loss off" in caplog.text
 
     calls = []
 
@@ -298,7 +305,7 @@ def test_perceptual_loss_on_mouth_patches(tiny_dataset, tmp_path, monkeypatch):
 
 def test_real_lpips_term_in_training(tiny_dataset, tmp_path):
     """With the LPIPS weight packages installed, the trainer's mouth-patch term uses the real network."""
-    from geneface.evaluate.lpips import LPIPS
+    from geneface.lpips import LPIPS
 
     import importlib.util
 

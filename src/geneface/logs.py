@@ -33,4 +33,3 @@ def setup_logging(verbosity: int = 0) -> None:
     handler.setFormatter(_Format())
     logger.addHandler(handler)
     logger.setLevel({-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG))
-    logger.propagate = False

@@ -1,9 +1,8 @@
 """Evaluation of a person model (DESIGN.md step 9): image quality, landmark distance, lip sync and speed
 on the person's validation clip and on unseen audio; ``geneface evaluate`` writes the report.
 
-The optional perceptual metrics live in `lpips` (LPIPS) and `fid` (Fréchet Inception distance); they are
-used only where their registry weight packages are installed. This package imports its parts lazily, so
-that ``geneface.evaluate.lpips`` loads without the rest.
+The optional perceptual metrics, LPIPS (`geneface.lpips`, shared with the renderer's training loss) and the
+Fréchet Inception distance (`fid`), are used only where their registry weight packages are installed.
 """
 
 from __future__ import annotations

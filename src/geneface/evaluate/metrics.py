@@ -111,15 +111,15 @@ def frame_loudness(audio: np.ndarray, num_frames: int, fps: float, rate: int = A
 # --- optional perceptual metrics -----------------------------------------------------------------
 
 def load_optional(module: str, loader: str, device: Any) -> tuple[Any, str | None]:
-    """``geneface.evaluate.<module>.<loader>(device)``, or (None, why not) when the module or its weights
-    are not installed."""
+    """``<module>.<loader>(device)`` (``module`` a full name such as ``geneface.lpips``), or (None, why not)
+    when the module or its weights are not installed."""
     try:
-        mod = importlib.import_module(f"geneface.evaluate.{module}")
+        mod = importlib.import_module(module)
         return getattr(mod, loader)(device), None
     except MissingModelError as e:
         return None, str(e)
     except (ImportError, AttributeError) as e:
-        return None, f"geneface.evaluate.{module} is not available ({e})"
+        return None, f"{module} is not available ({e})"
 
 
 def lpips_distance(net: Callable, a: np.ndarray, b: np.ndarray, device: Any, batch: int = 8) -> np.ndarray:

@@ -255,7 +255,7 @@ def evaluate(person_dir: str | os.PathLike, audio_paths: list[str | os.PathLike]
                          f"{person.feature_kind!r}")
     renderer = PersonRenderer.load(person.render_dir, device=device)
     size = renderer.size
-    lpips_net, why_lpips = metrics.load_optional("lpips", "load_lpips", device)
+    lpips_net, why_lpips = metrics.load_optional("geneface.lpips", "load_lpips", device)
     inception, why_fid = (None, None)
     if count >= MIN_FID_FRAMES:
         inception, why_fid = metrics.load_optional("fid", "load_inception", device)

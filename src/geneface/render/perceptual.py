@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-import importlib
-import warnings
+import logging
 
 import torch
 from torch import nn
 
 from ..errors import MissingModelError
+from ..lpips import load_lpips
+
+log = logging.getLogger(__name__)
 
 
 def load_perceptual(device: torch.device | str = "cpu") -> nn.Module | None:
-    """LPIPS as a module ``(x, y) -> [B]`` on [B, 3, H, W] images in [-1, 1], or None (with a warning) when
-    it is not installed. It comes from ``geneface.evaluate.lpips.load_lpips(device)``, which ports the
-    registry's LPIPS weights; nothing is ever downloaded."""
+    """LPIPS as a frozen module ``(x, y) -> [B]`` on [B, 3, H, W] images in [-1, 1], or None (with a warning)
+    when its weights are not installed. It is `geneface.lpips.load_lpips`, which ports the registry's LPIPS
+    weights; nothing is ever downloaded."""
     try:
-        module = importlib.import_module("geneface.evaluate.lpips")
-        net = module.load_lpips(device)
-    except (ImportError, AttributeError, MissingModelError) as e:
-        warnings.warn(f"perceptual (LPIPS) loss off: {e}", stacklevel=2)
+        net = load_lpips(device)
+    except MissingModelError as e:
+        log.warning(f"perceptual (LPIPS) loss off: {e}")
         return None
-    if net is None:
-        return None
-    net.eval().requires_grad_(False)
-    return net
+    return net.eval().requires_grad_(False)

