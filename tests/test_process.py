@@ -281,7 +281,10 @@ def test_incompatible_output_folder(tmp_path, synthetic_clip, capsys):
     code, text = _cli(capsys, synthetic_clip[0], "--out", out)
     assert code == 2 and "version" in text
     assert (out / "keep.txt").read_text() == "precious" and len(list(out.iterdir())) == 2
-    with pytest.raises(Exception, match="version 0"):
+    from geneface.errors import InputError
+
+    with pytest.raises(InputError, match=r"has dataset format version 0, this geneface reads version 1; process "
+                                         r"the video again"):
         PersonDataset(out)
 
 
