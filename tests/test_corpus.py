@@ -22,7 +22,7 @@ from geneface import media
 from geneface.cli import main
 from geneface.corpus import Corpus, PrepareConfig, find_clips, prepare_corpus, shard_of
 from geneface.corpus import prepare as prepare_mod
-from geneface.corpus.source import held_out_speakers, open_training_data
+from geneface.motion.corpus import held_out_speakers, open_training_data
 from geneface.errors import InputError
 from geneface.motion.data import MemoryClip, MotionClip, SpeakerBalancedSource, mouth_opening
 

@@ -25,9 +25,11 @@ from geneface.motion import (Audio2Motion, Discriminator, MotionModel, Postnet, 
                              mouth_opening)
 from geneface.motion.layers import CouplingFlow
 from geneface.motion.presets import preset
-from geneface.motion.runio import load_optimizer, save_optimizer
+from geneface.weights import load_optimizer, save_optimizer
 from geneface.synth.corpus import SENTENCES
-from geneface.motion.train import MotionTrainConfig, TrainingError, motion_metrics, syncnet_auc, train_motion
+from geneface.engine import TrainingError
+from geneface.motion.measures import motion_metrics, syncnet_auc
+from geneface.motion.train import MotionTrainConfig, train_motion
 
 TEXTS_A = list(SENTENCES[:8])
 TEXTS_B = list(SENTENCES[12:14])

@@ -22,13 +22,27 @@ def config_to_dict(config: Any) -> dict:
 
 
 def config_from_dict(cls: type[T], data: dict, where: str) -> T:
-    """Build dataclass ``cls`` from ``data``; unknown keys are an error (never silently ignored)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    """Build dataclass ``cls`` from ``data`` (as `config_to_dict` wrote it): the one deserialiser of configs.
+
+    Unknown or missing settings are an :class:`InputError` (never silently ignored); JSON lists become tuples
+    where the field is a tuple; settings added after files were written take the value in ``cls.LEGACY``
+    (a class attribute ``{field: value}``, the behaviour of those older files) when given.
+    """
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: {cls.__name__} settings must be a JSON object")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
         raise InputError(f"{where}: unknown {cls.__name__} settings {', '.join(unknown)} "
                          f"(written by a newer geneface?)")
-    return cls(**data)
+    values = {**getattr(cls, "LEGACY", {}), **data}
+    for name, value in values.items():
+        if isinstance(value, list) and str(fields[name].type).startswith("tuple"):
+            values[name] = tuple(value)
+    try:
+        return cls(**values)
+    except TypeError as e:
+        raise InputError(f"{where}: incomplete {cls.__name__} settings ({e})") from None
 
 
 def save_weights(path: str | os.PathLike, module: nn.Module, metadata: dict[str, str] | None = None) -> None:

@@ -9,7 +9,7 @@ read it back lazily (format: docs/corpus-format.md).
 """
 
 from .prepare import ClipItem, PrepareConfig, find_clips, parse_shard, prepare_corpus, shard_of
-from .store import Corpus, PackReader, is_corpus
+from ..corpusdata import Corpus, PackReader, is_corpus
 
 __all__ = ["ClipItem", "Corpus", "PackReader", "PrepareConfig", "find_clips", "is_corpus", "parse_shard",
            "prepare_corpus", "shard_of"]

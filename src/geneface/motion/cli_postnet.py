@@ -31,7 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .train import PostnetTrainConfig, close_distributed, train_postnet
+    from ..engine import close_distributed
+    from .train import PostnetTrainConfig, train_postnet
 
     config = config_from_args(PostnetTrainConfig, args, TRAIN_OPTIONS)
     try:

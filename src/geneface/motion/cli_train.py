@@ -38,7 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .train import MotionTrainConfig, close_distributed, train_motion
+    from ..engine import close_distributed
+    from .train import MotionTrainConfig, train_motion
 
     config = config_from_args(MotionTrainConfig, args, TRAIN_OPTIONS)
     try:

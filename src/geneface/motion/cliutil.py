@@ -13,10 +13,13 @@ from typing import Any
 
 @lru_cache(maxsize=None)
 def field_docs(cls: type) -> dict[str, str]:
-    """The docstring written under each field of dataclass ``cls`` (the string literal after it)."""
+    """The docstring written under each field of dataclass ``cls`` or its bases (the string literal after it)."""
+    docs: dict[str, str] = {}
+    for base in cls.__mro__[1:]:
+        if dataclasses.is_dataclass(base):
+            docs.update(field_docs(base))
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
     for prev, node in zip(body, body[1:]):
         if (isinstance(prev, ast.AnnAssign) and isinstance(prev.target, ast.Name) and isinstance(node, ast.Expr)
                 and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):

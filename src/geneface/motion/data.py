@@ -2,7 +2,7 @@
 
 The trainers only see a :class:`WindowSource` (anything that can draw a random window): the in-memory
 :class:`ClipSet` for person folders, or a :class:`SpeakerBalancedSource` over :class:`ClipWindows` that read
-their rows on demand (a prepared corpus, `geneface.corpus.source`).
+their rows on demand (a prepared corpus, `geneface.motion.corpus`).
 """
 
 from __future__ import annotations
@@ -35,6 +35,20 @@ class MotionClip:
     @property
     def num_frames(self) -> int:
         return int(self.offsets.shape[0])
+
+    def cut(self, start: int, stop: int) -> "MotionClip":
+        """Frames ``start .. stop - 1`` as a clip of their own."""
+        return MotionClip(f"{self.name}[{start}:{stop}]", self.features[2 * start: 2 * stop],
+                          self.pitch[2 * start: 2 * stop], self.offsets[start:stop])
+
+
+def tail_cut(num_frames: int, fraction: float, min_frames: int = 16) -> int | None:
+    """Where to cut a clip of ``num_frames`` so its last ``fraction`` (at least ``min_frames``) is held out,
+    keeping at least twice ``min_frames`` before it; None when the clip is too short to give any."""
+    tail = max(min_frames, int(round(num_frames * fraction)))
+    if fraction <= 0 or num_frames - tail < 2 * min_frames:
+        return None
+    return num_frames - tail
 
 
 @dataclass
@@ -85,6 +99,16 @@ class ClipSet:
     def num_frames(self) -> int:
         return sum(c.num_frames for c in self.clips)
 
+    def split_tail(self, fraction: float) -> tuple["ClipSet", list[MotionClip]]:
+        """This set without the last ``fraction`` of each clip, and those tails (see `tail_cut`)."""
+        heads, tails = [], []
+        for clip in self.clips:
+            cut = tail_cut(clip.num_frames, fraction)
+            heads.append(clip if cut is None else clip.cut(0, cut))
+            if cut is not None:
+                tails.append(clip.cut(cut, clip.num_frames))
+        return ClipSet(heads), tails
+
     def sample(self, rng: np.random.Generator, window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         clip = self.clips[rng.choice(len(self.clips), p=self.weights)]
         n = min(window, clip.num_frames)
@@ -122,6 +146,22 @@ class MemoryClip:
         return c.features[2 * start: 2 * stop], c.pitch[2 * start: 2 * stop], c.offsets[start:stop]
 
 
+class ClipRange:
+    """:class:`ClipWindows` over frames ``start .. stop - 1`` of another."""
+
+    def __init__(self, clip: ClipWindows, start: int, stop: int) -> None:
+        self.clip, self.start = clip, start
+        self.name = f"{clip.name}[{start}:{stop}]"
+        self.num_frames = stop - start
+
+    def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.clip.read(self.start + start, self.start + stop)
+
+    def load(self) -> MotionClip:
+        f, p, o = self.read(0, self.num_frames)
+        return MotionClip(self.name, np.array(f), np.array(p), np.array(o))
+
+
 class SpeakerBalancedSource:
     """Windows drawn speaker first: a speaker uniformly, then one of its clips in proportion to its length,
     then a start uniformly. A corpus where a few speakers talk for hours and most for minutes is then learnt
@@ -143,6 +183,19 @@ class SpeakerBalancedSource:
     @property
     def num_frames(self) -> int:
         return int(sum(c[-1] for c in self._cumulative))
+
+    def split_tail(self, fraction: float, max_tails: int = 64) -> tuple["SpeakerBalancedSource", list[MotionClip]]:
+        """This source without the last ``fraction`` of each clip, and up to ``max_tails`` of those tails (spread
+        over the speakers) in memory."""
+        heads: dict[str, list[ClipWindows]] = {}
+        tails: dict[str, list[ClipRange]] = {}
+        for name, clips in zip(self.speakers, self._clips):
+            for clip in clips:
+                cut = tail_cut(clip.num_frames, fraction)
+                heads.setdefault(name, []).append(clip if cut is None else ClipRange(clip, 0, cut))
+                if cut is not None:
+                    tails.setdefault(name, []).append(ClipRange(clip, cut, clip.num_frames))
+        return SpeakerBalancedSource(heads, self.feature_dim), [t.load() for t in spread(tails, max_tails)]
 
     def sample(self, rng: np.random.Generator, window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         s = int(rng.integers(len(self._clips)))
@@ -232,6 +285,19 @@ class WindowSampler:
             pitch=torch.from_numpy(np.stack([it[1] for it in items])),
             offsets=torch.from_numpy(np.stack([it[2] for it in items])),
             mask=torch.from_numpy(mask))
+
+
+def spread(groups: dict[str, list], count: int) -> list:
+    """At most ``count`` items taken round-robin over the groups (sorted), so many groups are represented."""
+    picked: list = []
+    lists = [list(v) for _, v in sorted(groups.items())]
+    depth = 0
+    while len(picked) < count and any(depth < len(v) for v in lists):
+        for v in lists:
+            if depth < len(v) and len(picked) < count:
+                picked.append(v[depth])
+        depth += 1
+    return picked
 
 
 # --- pitch -------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..engine.saveload import Savable
 from .layers import ChannelNorm, CouplingFlow, WaveNet
 
 MOTION_DIM = 68 * 3
@@ -71,8 +72,10 @@ def coarse_pitch(f0: torch.Tensor, bins: int, fmin: float = 50.0, fmax: float = 
     return torch.where(f0 > 0, cls, torch.zeros_like(cls))
 
 
-class Audio2Motion(nn.Module):
+class Audio2Motion(Savable, nn.Module):
     """The variational generator; see the module docstring. Offsets are ``[B, T, 68, 3]``."""
+
+    config_args = {"config": GeneratorConfig}
 
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__()

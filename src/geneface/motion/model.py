@@ -1,4 +1,16 @@
-"""A trained motion model: SyncNet + audio2motion generator (+ postnet), loadable from its run folder."""
+"""A trained motion model: SyncNet + audio2motion generator (+ postnet), loadable from its run folder.
+
+```
+RUN/
+  config.json            written last: a folder without it is unfinished
+  syncnet.safetensors
+  generator.safetensors
+  postnet.safetensors    only in a postnet run
+  metrics.json           measures on the validation split
+  train_log.jsonl        losses every few steps
+  train_state/           weights + optimizer states + state.json, replaced atomically at each save
+```
+"""
 
 from __future__ import annotations
 
@@ -12,13 +24,15 @@ import torch
 from ..constants import AUDIO_RATE
 from ..device import resolve_device
 from ..errors import InputError
+from ..engine import RunFolder, RunKind
+from ..features import extract_features, frames_for_audio
 from ..fileio import write_json
 from .data import pitch_from_audio, pitch_from_mel
-from .generator import Audio2Motion, GeneratorConfig
-from .postnet import Postnet, PostnetConfig
-from .runio import (RUN_FORMAT, RUN_VERSION, config_from_dict, config_to_dict, load_weights, read_run_config,
-                    save_weights)
-from .syncnet import SyncNet, SyncNetConfig, SyncScore
+from .generator import Audio2Motion
+from .postnet import Postnet
+from .syncnet import SyncNet, SyncScore
+
+RUN_KIND = RunKind("geneface-motion", 1, "motion model", "geneface train motion")
 
 
 
@@ -50,44 +64,40 @@ class MotionModel:
     @classmethod
     def load(cls, run: str | os.PathLike, device: str | torch.device = "cpu") -> "MotionModel":
         """Load a run folder written by ``geneface train motion`` or ``geneface train postnet``."""
-        run = Path(run)
-        config = read_run_config(run)
-        try:
-            s_cfg = config_from_dict(SyncNetConfig, config["syncnet"], str(run))
-            g_cfg = config_from_dict(GeneratorConfig, config["generator"], str(run))
-            p_cfg = config_from_dict(PostnetConfig, config["postnet"], str(run)) if config.get("postnet") else None
-            kind = str(config["feature_kind"])
-        except (KeyError, TypeError) as e:
-            raise InputError(f"{run}/config.json is incomplete ({e})") from None
-        syncnet, generator = SyncNet(s_cfg), Audio2Motion(g_cfg)
-        load_weights(run / "syncnet.safetensors", syncnet)
-        load_weights(run / "generator.safetensors", generator)
+        folder = RunFolder(run, RUN_KIND)
+        config = folder.read_config()
+        where = str(folder.root / "config.json")
+        if "feature_kind" not in config:
+            raise InputError(f"{where} is incomplete (no feature_kind)")
+        syncnet = SyncNet.from_config_record(config.get("syncnet"), where).load(folder.root / "syncnet.safetensors")
+        generator = Audio2Motion.from_config_record(config.get("generator"), where).load(
+            folder.root / "generator.safetensors")
         postnet = None
-        if p_cfg is not None:
-            postnet = Postnet(p_cfg)
-            load_weights(run / "postnet.safetensors", postnet)
+        if config.get("postnet"):
+            postnet = Postnet.from_config_record(config["postnet"], where).load(folder.root / "postnet.safetensors")
         info = {k: v for k, v in config.items() if k not in ("syncnet", "generator", "postnet")}
-        model = cls(kind, syncnet, generator, postnet, info)
-        return model.to(device)
+        return cls(str(config["feature_kind"]), syncnet, generator, postnet, info).to(device)
 
     def save(self, run: str | os.PathLike, **info) -> None:
-        """Write the weights, then ``config.json`` (last, so a folder with it is complete)."""
-        run = Path(run)
-        run.mkdir(parents=True, exist_ok=True)
-        (run / "config.json").unlink(missing_ok=True)  # until the new one is written, the folder is unfinished
-        save_weights(run / "syncnet.safetensors", self.syncnet)
-        save_weights(run / "generator.safetensors", self.generator)
+        """Write the weights, ``metrics.json`` when ``info`` has metrics, then ``config.json`` (last, so a folder
+        with it is complete)."""
+        folder = RunFolder(run, RUN_KIND)
+        folder.root.mkdir(parents=True, exist_ok=True)
+        (folder.root / "config.json").unlink(missing_ok=True)  # until the new one is written, the folder is unfinished
+        self.syncnet.save(folder.root / "syncnet.safetensors")
+        self.generator.save(folder.root / "generator.safetensors")
         if self.postnet is not None:
-            save_weights(run / "postnet.safetensors", self.postnet)
-        elif (run / "postnet.safetensors").exists():
-            (run / "postnet.safetensors").unlink()
-        config = {"format": RUN_FORMAT, "version": RUN_VERSION, "feature_kind": self.feature_kind,
-                  "syncnet": config_to_dict(self.syncnet.config),
-                  "generator": config_to_dict(self.generator.config),
-                  "postnet": config_to_dict(self.postnet.config) if self.postnet is not None else None,
-                  **{k: v for k, v in self.info.items() if k not in ("format", "version", "feature_kind")},
-                  **info, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        write_json(run / "config.json", config)
+            self.postnet.save(folder.root / "postnet.safetensors")
+        else:
+            (folder.root / "postnet.safetensors").unlink(missing_ok=True)
+        if "metrics" in info:
+            write_json(folder.root / "metrics.json", info["metrics"])
+        folder.write_config({
+            "feature_kind": self.feature_kind, "syncnet": self.syncnet.config_record(),
+            "generator": self.generator.config_record(),
+            "postnet": self.postnet.config_record() if self.postnet is not None else None,
+            **{k: v for k, v in self.info.items() if k not in ("format", "version", "feature_kind")},
+            **info, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
     def to(self, device: str | torch.device) -> "MotionModel":
         device = resolve_device(device) if isinstance(device, str) else device
@@ -156,8 +166,6 @@ class MotionModel:
     def features_for_audio(self, audio: np.ndarray, num_frames: int | None = None,
                            model_path: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
         """This model's kind of features ``[2T, D]`` and the pitch ``[2T]`` of 16 kHz mono audio."""
-        from ..features import extract_features, frames_for_audio
-
         audio = check_audio(audio)
         if num_frames is None:
             num_frames = frames_for_audio(audio.size)

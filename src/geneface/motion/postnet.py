@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..engine.saveload import Savable
 from .generator import MOTION_DIM
 from .layers import ConvBlock
 
@@ -44,8 +45,10 @@ class PostnetConfig:
         self.disc_hidden = tuple(self.disc_hidden)
 
 
-class Postnet(nn.Module):
+class Postnet(Savable, nn.Module):
     """``refined = x + cnn(x)`` on offsets ``[B, T, 68, 3]``; starts as the identity."""
+
+    config_args = {"config": PostnetConfig}
 
     def __init__(self, config: PostnetConfig) -> None:
         super().__init__()
@@ -96,8 +99,10 @@ class Postnet(nn.Module):
         return out, refined
 
 
-class Discriminator(nn.Module):
+class Discriminator(Savable, nn.Module):
     """Per-frame MLP scoring offsets ``[B, T, 68, 3]``: high for the person's real landmarks."""
+
+    config_args = {"config": PostnetConfig}
 
     def __init__(self, config: PostnetConfig) -> None:
         super().__init__()

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..engine.saveload import Savable
 from ..constants import MOUTH_68
 from .layers import ConvBlock
 
@@ -76,8 +77,10 @@ def _encoder(cin: int, width: int, embed: int, residual: int, strides: tuple[int
     return nn.Sequential(*layers)
 
 
-class SyncNet(nn.Module):
+class SyncNet(Savable, nn.Module):
     """Embeds audio windows ``[B, 10, D]`` and mouth windows ``[B, 5, 20, 3]``; see the module docstring."""
+
+    config_args = {"config": SyncNetConfig}
 
     def __init__(self, config: SyncNetConfig) -> None:
         super().__init__()

@@ -25,8 +25,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..errors import InputError
-from ..fileio import read_json, write_json
+from .errors import InputError
+from .fileio import read_json, write_json
 
 FORMAT = "geneface-corpus"
 VERSION = 1

@@ -15,8 +15,9 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..motion.data import MemoryClip, MotionClip, SpeakerBalancedSource, find_datasets, load_dataset_clips
-from .store import Corpus, is_corpus
+from ..corpusdata import Corpus, is_corpus
+from .data import (ClipSet, MemoryClip, MotionClip, SpeakerBalancedSource, find_datasets, load_clips,
+                   load_dataset_clips, spread)
 
 
 class PackClip:
@@ -79,19 +80,6 @@ class TrainingData:
     """The corpora read (``bytes_read`` says how much of their packs was touched)."""
 
 
-def _spread(groups: dict[str, list], count: int) -> list:
-    """At most ``count`` items taken round-robin over the groups (sorted), so many groups are represented."""
-    picked: list = []
-    lists = [list(v) for _, v in sorted(groups.items())]
-    depth = 0
-    while len(picked) < count and any(depth < len(v) for v in lists):
-        for v in lists:
-            if depth < len(v) and len(picked) < count:
-                picked.append(v[depth])
-        depth += 1
-    return picked
-
-
 def open_training_data(paths: Sequence[str | os.PathLike], kind: str, val_fraction: float = 0.05,
                        eval_count: int = 64) -> TrainingData:
     """Corpora and processed person folders under ``paths`` as one speaker-balanced source.
@@ -130,9 +118,9 @@ def open_training_data(paths: Sequence[str | os.PathLike], kind: str, val_fracti
     if not dims:
         raise InputError("no motion clips to train on")
     source = SpeakerBalancedSource(speakers, dims.pop())
-    val_clips = [c.load() if isinstance(c, PackClip) else c.clip for c in _spread(val, eval_count)]
+    val_clips = [c.load() if isinstance(c, PackClip) else c.clip for c in spread(val, eval_count)]
     train_clips = [] if val_clips else \
-        [c.load() if isinstance(c, PackClip) else c.clip for c in _spread(speakers, eval_count)]
+        [c.load() if isinstance(c, PackClip) else c.clip for c in spread(speakers, eval_count)]
     info = {"corpora": [str(c.root) for c in corpora], "speakers": len(speakers), "clips": len(source),
             "frames": source.num_frames, "val_speakers": len(held), "val_clips": len(val_clips)}
     return TrainingData(source, val_clips, train_clips, info, corpora)
@@ -142,8 +130,6 @@ def open_window_source(paths: Sequence[str | os.PathLike], kind: str):
     """Every clip under ``paths`` as a window source, for the other speakers' audio of `train postnet`:
     corpora streamed and speaker-balanced (no speaker held out), else the person folders' train and val
     splits in memory."""
-    from ..motion.data import ClipSet, load_clips
-
     if any(is_corpus(p) for p in paths):
         return open_training_data(paths, kind, val_fraction=0.0, eval_count=0).source
     return ClipSet(load_clips(paths, kind, ("train", "val")))

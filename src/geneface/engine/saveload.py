@@ -1,0 +1,48 @@
+"""Save and load of configured modules: config dataclasses as JSON dicts, weights as safetensors."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar, TypeVar
+
+from ..errors import InputError
+from ..weights import config_from_dict, config_to_dict, load_weights, save_weights
+
+M = TypeVar("M", bound="Savable")
+
+
+class Savable:
+    """Mixin for an ``nn.Module`` built from config dataclasses: ``Model(**{arg: Config(...)})``.
+
+    ``config_args`` maps each constructor argument (kept as an attribute of the same name) to its dataclass.
+    `config_record` gives what a run's config.json stores: the config's dict for a module with one config,
+    else ``{arg: dict}``; `from_config_record` rebuilds the module from it through the one deserialiser
+    (`geneface.weights.config_from_dict`: unknown or missing settings are an ``InputError``). Weights go
+    through `save` / `load` (safetensors; a mismatch is an ``InputError``).
+    """
+
+    config_args: ClassVar[dict[str, type]] = {}
+    """Constructor argument -> config dataclass (the key is also the field name in `config_record`)."""
+
+    def config_record(self) -> dict[str, Any]:
+        record = {arg: config_to_dict(getattr(self, arg)) for arg in self.config_args}
+        return next(iter(record.values())) if len(record) == 1 else record
+
+    @classmethod
+    def from_config_record(cls: type[M], record: Any, where: str) -> M:
+        """A new module from `config_record`'s output (``where`` names the file in messages)."""
+        if len(cls.config_args) == 1:
+            record = {next(iter(cls.config_args)): record}
+        missing = [arg for arg in cls.config_args if not isinstance(record, dict) or not isinstance(record.get(arg), dict)]
+        if missing:
+            raise InputError(f"{where}: no {', '.join(missing)} settings for {cls.__name__}")
+        return cls(**{arg: config_from_dict(kind, record[arg], where) for arg, kind in cls.config_args.items()})
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Weights and buffers as safetensors (atomically)."""
+        save_weights(path, self)  # type: ignore[arg-type]
+
+    def load(self: M, path: str | os.PathLike) -> M:
+        """Load weights saved by `save` into this module; returns it."""
+        load_weights(path, self)  # type: ignore[arg-type]
+        return self
