@@ -10,6 +10,7 @@ small that the tracked lip gap follows the generator's truth only loosely (corre
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -203,7 +204,8 @@ def _rewrite(src: Path, dst: Path, audio: np.ndarray | None | bool = True, secon
     return dst
 
 
-def test_bad_clips_are_recorded_and_skipped(clips, tmp_path, capsys):
+def test_bad_clips_are_recorded_and_skipped(clips, tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="geneface")
     root = tmp_path / "bad"
     good = clips / "speaker0" / "clip0.mp4"
     (root / "a").mkdir(parents=True)
@@ -232,7 +234,7 @@ def test_bad_clips_are_recorded_and_skipped(clips, tmp_path, capsys):
         assert reason is None or reason in records[path]["reason"], records[path]["reason"]
     assert records["b/paired.mp4"]["audio"] == "b/paired.wav" and records["a/good.mp4"]["audio"] is None
     assert records["a/good.mp4"]["speaker"] == "a" and records["b/good.mp4"]["speaker"] == "b"
-    assert "skipped: b/noface.mp4: no face" in capsys.readouterr().err
+    assert any(m.startswith("skipped: b/noface.mp4: no face") for m in caplog.messages)
 
     # refusals with a clear message
     with pytest.raises(InputError, match="prepared with --features mel, but this run asks for mel,whisper"):
@@ -253,6 +255,26 @@ def test_bad_clips_are_recorded_and_skipped(clips, tmp_path, capsys):
     assert main(["corpus", "prepare", str(root), "--out", str(out), "--quiet"]) == 0  # all done before
     printed = capsys.readouterr().out
     assert "9 done before" in printed and "3 usable clips" in printed and "no face 1" in printed
+
+
+def test_clip_notes_and_small_clips_are_recorded(clips, tmp_path, capsys):
+    """What `process` notes about a clip lands in its manifest record, not on the console; a video too small to
+    track a face is skipped with its size."""
+    good = clips / "speaker0" / "clip0.mp4"
+    frames = list(media.read_video(good))
+    root = tmp_path / "clips"
+    (root / "s").mkdir(parents=True)
+    media.write_video(root / "s" / "gap.mp4", [np.full_like(f, 90) if i in (10, 11, 12) else f
+                                               for i, f in enumerate(frames)], audio=media.read_audio(good))
+    _rewrite(good, root / "s" / "tiny.mp4", transform=lambda f: f[::4, ::4])
+    summary = prepare_corpus(root, tmp_path / "out", workers=1, progress=False)
+    assert summary["prepared"] == {"ok": 1, "skipped": 1, "failed": 0}
+    records = Corpus(tmp_path / "out").records
+    assert records["s/gap.mp4"]["notes"] == "note: no face in 3 frames (frames 10-12); interpolated"
+    assert records["s/gap.mp4"]["face_found"] == round(1 - 3 / FRAMES, 4)
+    assert records["s/tiny.mp4"]["reason"] == ("too small: 64x64 (at least 96 px on the short side are needed to "
+                                               "track a face)")
+    assert capsys.readouterr().out == ""
 
 
 def test_synth_corpus_cli_resumes(clips, capsys):

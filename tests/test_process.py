@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -13,9 +14,11 @@ import pytest
 from geneface import face, media
 from geneface.cli import main
 from geneface.dataset import PersonDataset
-from geneface.fileio import read_npz
+from geneface.features.mel import f0_hz
+from geneface.fileio import read_npz, write_npz
+from geneface.process import ProcessConfig, process, split_frame, track_clip
+from geneface.process import pipeline
 from geneface.process import pose as pose_mod
-from geneface.process.pipeline import ProcessConfig, process
 
 POSE_TOLERANCE_DEG = 2.0
 """Largest RMS error of yaw, pitch and roll against the generator's truth, after removing the constant
@@ -108,7 +111,8 @@ def test_background_matches_photo(tiny_dataset: Path, synthetic_clip):
     assert diff.mean() < 4.0, f"mean abs difference {diff.mean():.2f}"
 
 
-def test_resume_after_deleted_output(tmp_path: Path, synthetic_clip, capsys):
+def test_resume_after_deleted_output(tmp_path: Path, synthetic_clip, caplog):
+    caplog.set_level(logging.INFO, logger="geneface")
     out = tmp_path / "ds"
     clip = _short_clip(synthetic_clip[0], tmp_path, frames=30)
     config = ProcessConfig(size=96)
@@ -116,15 +120,72 @@ def test_resume_after_deleted_output(tmp_path: Path, synthetic_clip, capsys):
     before = read_npz(out / "motion.npz")["offsets"]
     meta_before = json.loads((out / "meta.json").read_text())
     (out / "pose.npz").unlink()
-    capsys.readouterr()
+    caplog.clear()
     process(clip, out, config)
-    log = capsys.readouterr().out
+    log = "\n".join(caplog.messages)
     assert "[pose]" in log and "[masks]" in log and "[detect]" not in log and "[track]" not in log
     np.testing.assert_allclose(read_npz(out / "motion.npz")["offsets"], before, atol=1e-6)
     # Nothing left to do: nothing runs, meta stays.
+    caplog.clear()
     process(clip, out, config)
-    assert "[" not in capsys.readouterr().out.split("frames (")[0]
+    assert not [m for m in caplog.messages if m.startswith("[")] and "30 frames (1.2 s)" in caplog.messages[0]
     assert json.loads((out / "meta.json").read_text())["num_frames"] == meta_before["num_frames"]
+
+
+def test_background_comes_from_training_frames_only(tmp_path: Path):
+    """A spot the person covers in every training frame but not in the validation frame is inpainted from its
+    surroundings; copying it from the validation frame would leak validation pixels into training."""
+    t, size = 11, 64
+    config = ProcessConfig(size=size)
+    split = split_frame(t, config.val_fraction)
+    assert split == 10
+    out = tmp_path / "ds"
+    (out / "frames").mkdir(parents=True)
+    (out / "parsing").mkdir()
+    write_npz(out / "detect.npz", num_frames=np.array(t))
+    spot = (slice(24, 40), slice(24, 40))
+    for i in range(t):
+        frame = np.full((size, size, 3), 100, np.uint8)
+        labels = np.zeros((size, size), np.uint8)
+        if i < split:
+            labels[spot] = 1  # the head covers the spot
+        else:
+            frame[spot] = 250  # the validation frame shows something else there
+        cv2.imwrite(str(out / "frames" / f"{i:06d}.jpg"), frame)
+        cv2.imwrite(str(out / "parsing" / f"{i:06d}.png"), labels)
+    ctx = pipeline.Context(tmp_path / "clip.mp4", out, config)
+    pipeline.step_background(ctx)
+    background = cv2.imread(str(out / "background.png")).astype(int)
+    assert np.abs(background - 100).max() < 10, f"spot {background[32, 32]}"  # copied from validation: 250
+    assert ctx.info["background_inpainted"] > 0
+
+
+def test_dataset_split_is_the_last_eleventh(tiny_dataset: Path):
+    ds = PersonDataset(tiny_dataset)
+    s = split_frame(ds.num_frames, 1 / 11)
+    assert ds.meta["split"] == {"train": [0, s], "val": [s, ds.num_frames]}
+    assert split_frame(22, 1 / 11) == 20 and split_frame(2, 1 / 11) == 1 and split_frame(1, 1 / 11) == 1
+
+
+def test_track_clip_equals_process(tmp_path: Path, synthetic_clip):
+    """`track_clip` (what corpus preparation keeps of a clip) gives exactly the arrays `process` writes."""
+    blank = lambda i, f: np.full_like(f, 90) if i == 7 else f
+    clip = _short_clip(synthetic_clip[0], tmp_path, frames=20, transform=blank)
+    config = ProcessConfig(size=96)
+    process(clip, tmp_path / "ds", config)
+    ds = PersonDataset(tmp_path / "ds")
+    track = track_clip(clip, config)
+    assert track.num_frames == ds.num_frames == 20
+    assert np.array_equal(track.crop, ds.meta["crop"])
+    assert np.array_equal(track.mesh, ds.landmarks["mesh"]) and np.array_equal(track.found, ds.landmarks["found"])
+    for key, value in {**track.motion.pose_arrays(), **track.motion.motion_arrays()}.items():
+        saved = ds.pose[key] if key in ds.pose else ds.motion[key]
+        assert value.dtype == saved.dtype and np.array_equal(value, saved), key
+    assert track.offsets is track.motion.offsets and track.offsets.shape == (20, 68, 3)
+    assert np.array_equal(track.audio, ds.audio())
+    assert list(track.features) == ["mel"] and np.array_equal(track.features["mel"], ds.features("mel"))
+    assert np.array_equal(track.pitch, f0_hz(ds.features("mel")).astype(np.float32)) and track.pitch.shape == (40,)
+    assert not track.found[7] and track.notes == ["note: no face in 1 frames (frames 7); interpolated"]
 
 
 # --- bad input ---------------------------------------------------------------------------------------
@@ -256,6 +317,13 @@ def test_large_and_portrait_frames(tmp_path, synthetic_clip, capsys, shape):
     assert ds.num_frames == 15 and ds.landmarks["found"].all()
     x0, y0, side = ds.meta["crop"]
     assert x0 >= 0 and y0 >= 0 and x0 + side <= w and y0 + side <= h
+
+
+def test_fps_other_than_25_is_refused(tmp_path, synthetic_clip, capsys):
+    code = main(["process", str(synthetic_clip[0]), "--out", str(tmp_path / "o"), "--fps", "30"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--fps 30: datasets are always 25 fps" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
 
 
 def test_other_frame_rate_is_resampled(tmp_path, synthetic_clip, capsys):

@@ -13,7 +13,9 @@ import argparse
 import os
 from pathlib import Path
 
-from .prepare import PrepareConfig
+from ..corpusdata import Corpus
+from ..motion.cliutil import field_docs
+from .prepare import PrepareConfig, parse_shard, prepare_corpus
 
 
 def _cpus() -> int:
@@ -24,8 +26,6 @@ def _cpus() -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..motion.cliutil import field_docs
-
     docs = {k: v.rstrip(".") for k, v in field_docs(PrepareConfig).items()}
     d = PrepareConfig()
     p.add_argument("root", type=Path, metavar="ROOT", help="folder of clips, one subfolder per speaker")
@@ -46,9 +46,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .prepare import parse_shard, prepare_corpus
-    from .store import Corpus
-
     config = PrepareConfig(features=tuple(k.strip() for k in args.features.split(",") if k.strip()),
                            feature_model=args.feature_model, speaker_depth=args.speaker_depth,
                            track_size=args.track_size, max_missing=args.max_missing, min_seconds=args.min_seconds,

@@ -11,6 +11,8 @@ import argparse
 import time
 from pathlib import Path
 
+from ..synth.corpus import make_corpus
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", type=Path, metavar="OUT", help="folder to write the clips into")
@@ -25,8 +27,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..synth.corpus import make_corpus
-
     start = time.perf_counter()
     rows = make_corpus(args.out, speakers=args.speakers, clips_per_speaker=args.clips, seconds=args.seconds,
                        size=args.size, seed=args.seed, first_speaker=args.first_speaker, workers=args.workers)

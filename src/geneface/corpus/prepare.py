@@ -1,9 +1,10 @@
 """`corpus prepare`: a folder tree of many speakers' clips -> what motion pretraining needs, in a few packs.
 
-Each clip goes through the same detect, track, pose, audio and features steps as ``geneface process``
-(`geneface.process.pipeline`, run on a scratch folder), so its landmark offsets have exactly the person
-datasets' definition; only the arrays motion training reads are kept: ``offsets`` [T, 68, 3], ``pitch``
-[2T] and one ``[2T, D]`` array per feature kind.
+Each clip goes through `geneface.process.track_clip`: the same detect, track, pose, audio and features stages
+as ``geneface process``, in memory, so its landmark offsets have exactly the person datasets' definition; only
+the arrays motion training reads are kept: ``offsets`` [T, 68, 3], ``pitch`` [2T] and one ``[2T, D]`` array
+per feature kind. What `process` would note about a clip (frames without a face, several faces) goes into its
+manifest record (``notes``).
 
 Work is split deterministically: ``--shard I/N`` keeps the clips whose path hashes to I (default: the
 ``RANK``/``WORLD_SIZE`` that ``torchrun`` sets), and the worker processes of one shard are handed clips one
@@ -16,22 +17,32 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
+import logging
+import multiprocessing as mp
 import os
-import shutil
-import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Callable
 
+import cv2
 import numpy as np
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
+from .. import media
+from ..constants import FPS
+from ..corpusdata import (PACK_DIR, ManifestWriter, PackWriter, is_corpus, latest_records, manifest_path,
+                          read_corpus_meta, read_manifest, shard_tag, write_corpus_meta)
 from ..errors import GeneFaceError, InputError, NoFaceError
-from ..process.pipeline import ProcessConfig
-from .store import (PACK_DIR, ManifestWriter, PackWriter, is_corpus, latest_records, manifest_path,
-                    read_corpus_meta, read_manifest, shard_tag, write_corpus_meta)
+from ..features import FEATURE_KINDS
+from ..features.activity import is_silent, loudness_db, speech_activity
+from ..logs import ROOT
+from ..process import ProcessConfig, SourceTooSmallError, track_clip
+
+log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".webm", ".mov")
 """Files taken as clips."""
@@ -48,8 +59,6 @@ class PrepareConfig:
     """Audio feature kinds to compute (mel, whisper, hubert)."""
     feature_model: Path | None = None
     """Model folder for the whisper or hubert features (whisper defaults to the installed package)."""
-    fps: float = ProcessConfig.fps
-    """Frame rate the clips are resampled to."""
     track_size: int = 256
     """Side of the square face crop the mesh is tracked on, in pixels."""
     crop_scale: float = ProcessConfig.crop_scale
@@ -71,8 +80,6 @@ class PrepareConfig:
     """Folder levels below ROOT that name the speaker (1: ROOT/SPEAKER/.../clip.mp4)."""
 
     def __post_init__(self) -> None:
-        from ..features import FEATURE_KINDS
-
         self.features = tuple(self.features)
         if not self.features:
             raise InputError("--features is empty; name at least one kind (mel, whisper, hubert)")
@@ -93,6 +100,7 @@ class PrepareConfig:
     def settings(self) -> dict:
         """What a clip's arrays depend on, for corpus.json (the model path only by name)."""
         d = asdict(self)
+        d["fps"] = float(FPS)  # every clip is resampled to 25 fps
         d["features"] = list(self.features)
         d["feature_model"] = str(self.feature_model) if self.feature_model is not None else None
         return d
@@ -172,8 +180,6 @@ def _source_stat(root: Path, item: ClipItem) -> dict:
 
 
 def _speech_facts(audio: np.ndarray, config: PrepareConfig) -> dict:
-    from ..synth.speech import is_silent, loudness_db, speech_activity
-
     if is_silent(audio):
         raise _Skip("no speech: the audio is silent")
     db = loudness_db(audio)
@@ -183,17 +189,9 @@ def _speech_facts(audio: np.ndarray, config: PrepareConfig) -> dict:
     return {"speech": round(float((speech_activity(db) > 0.5).mean()), 4), "loudness_range_db": round(spread, 2)}
 
 
-def _compute(video: Path, audio_file: Path | None, config: PrepareConfig, scratch: Path) -> tuple[dict, dict]:
+def _compute(video: Path, audio_file: Path | None, config: PrepareConfig) -> tuple[dict, dict]:
     """The arrays of one clip and facts about it; raises ``_Skip``, ``NoFaceError`` or ``InputError``."""
-    from .. import media
-    from ..features.mel import f0_hz
-    from ..fileio import read_npz
-    from ..process import pipeline
-
     info = media.probe(video)
-    if min(info.width, info.height) < pipeline.MIN_SOURCE_SIDE:
-        raise _Skip(f"too small: {info.width}x{info.height} (at least {pipeline.MIN_SOURCE_SIDE} px on the short "
-                    f"side are needed to track a face)")
     if info.duration < config.min_seconds:
         raise _Skip(f"too short: {info.duration:.2f} s (at least {config.min_seconds} s)")
     if info.duration > config.max_seconds:
@@ -202,47 +200,34 @@ def _compute(video: Path, audio_file: Path | None, config: PrepareConfig, scratc
         raise InputError("no audio: the video has no audio track and no audio file with its name lies beside it")
     facts = _speech_facts(media.read_audio(audio_file or video), config)
 
-    pcfg = ProcessConfig(size=config.track_size, fps=config.fps, audio=audio_file, features=config.features,
+    pcfg = ProcessConfig(size=config.track_size, audio=audio_file, features=config.features,
                          feature_model=config.feature_model, focal_scale=config.focal_scale,
                          crop_scale=config.crop_scale, pose_smoothing=config.pose_smoothing,
                          max_missing=config.max_missing, track_side=config.track_size)
-    ctx = pipeline.Context(video, scratch, pcfg)
-    notes = io.StringIO()
-    with contextlib.redirect_stdout(notes), contextlib.redirect_stderr(io.StringIO()), \
-            warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for step in (pipeline.step_detect, pipeline.step_track, pipeline.step_pose, pipeline.step_audio,
-                     pipeline.step_features):
-            step(ctx)
-    offsets = read_npz(scratch / "motion.npz")["offsets"].astype(np.float32)
-    t = offsets.shape[0]
-    if t < config.min_seconds * config.fps:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            clip = track_clip(video, pcfg)
+    except SourceTooSmallError as e:
+        raise _Skip(f"too small: {e.width}x{e.height} (at least {e.minimum} px on the short side are needed to "
+                    f"track a face)") from None
+    t = clip.num_frames
+    if t < config.min_seconds * FPS:
         raise _Skip(f"too short: {t} frames decoded (at least {config.min_seconds} s)")
-    feats = {kind: read_npz(scratch / "features" / f"{kind}.npz")["features"].astype(np.float32)
-             for kind in config.features}
-    if "mel" in feats:
-        pitch = f0_hz(feats["mel"])
-    else:
-        from ..features import extract_features
-
-        pitch = f0_hz(extract_features("mel", media.read_audio(scratch / "audio.wav"), num_frames=t))
-    found = read_npz(scratch / "landmarks.npz")["found"]
-    facts.update(frames=t, seconds=round(t / config.fps, 3), face_found=round(float(found.mean()), 4))
-    if notes.getvalue().strip():
-        facts["notes"] = " ".join(notes.getvalue().split())
-    return {"offsets": offsets, "pitch": pitch.astype(np.float32), **feats}, facts
+    facts.update(frames=t, seconds=round(t / FPS, 3), face_found=round(float(clip.found.mean()), 4))
+    if clip.notes:
+        facts["notes"] = " ".join(" ".join(clip.notes).split())
+    return {"offsets": clip.offsets, "pitch": clip.pitch, **clip.features}, facts
 
 
-def process_clip(root: Path, item: ClipItem, config: PrepareConfig, pack: PackWriter, scratch: Path) -> dict:
+def process_clip(root: Path, item: ClipItem, config: PrepareConfig, pack: PackWriter) -> dict:
     """Prepare one clip into ``pack``; returns its manifest record (never raises for a bad clip)."""
     record: dict = {"path": item.path, "audio": item.audio, "speaker": item.speaker, "status": "ok",
                     "reason": None, "frames": 0}
     start = time.perf_counter()
     try:
         record["source"] = _source_stat(root, item)
-        shutil.rmtree(scratch, ignore_errors=True)
-        scratch.mkdir(parents=True)
-        arrays, facts = _compute(root / item.path, root / item.audio if item.audio else None, config, scratch)
+        arrays, facts = _compute(root / item.path, root / item.audio if item.audio else None, config)
         record.update(facts)
         span, specs = pack.append(arrays)
         record.update(pack=pack.name, span=span, arrays=specs)
@@ -254,8 +239,6 @@ def process_clip(root: Path, item: ClipItem, config: PrepareConfig, pack: PackWr
         record.update(status="failed", reason=str(e))
     except Exception as e:  # a bug or a broken file we did not foresee: record it, go on with the others
         record.update(status="failed", reason=f"error: {type(e).__name__}: {e}")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     record["prepare_seconds"] = round(time.perf_counter() - start, 3)
     record["finished"] = time.time()
     return record
@@ -275,21 +258,15 @@ def _pack_path(out: Path, tag: str, worker: int) -> Path:
 def _worker_main(worker: int, root: str, out: str, tag: str, end: int, config: PrepareConfig, conn) -> None:
     """A worker process: prepare the clips the main process sends over ``conn`` (None: stop) into its own
     pack, answering each with its record."""
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)
-    except Exception:  # noqa: BLE001 - threads are an optimisation only
-        pass
+    cv2.setNumThreads(1)
     root_p, out_p = Path(root), Path(out)
     pack = PackWriter(_pack_path(out_p, tag, worker), end)
-    scratch = out_p / ".scratch" / f"{tag}-w{worker:02d}"
     try:
         while True:
             task = conn.recv()
             if task is None:
                 break
-            conn.send(process_clip(root_p, ClipItem(*task), config, pack, scratch))
+            conn.send(process_clip(root_p, ClipItem(*task), config, pack))
     except (EOFError, BrokenPipeError, KeyboardInterrupt):  # the main process stopped
         pass
     finally:
@@ -318,9 +295,6 @@ def _run_workers(workers: int, todo: list[ClipItem], root: Path, out: Path, tag:
     """Prepare ``todo`` in ``workers`` spawned processes, one clip at a time each (sent over a pipe, so the
     main process always knows which clip a worker holds). A worker that dies is replaced and its clip
     recorded as failed; the rest of the run goes on."""
-    import multiprocessing as mp
-    from multiprocessing.connection import wait
-
     ctx = mp.get_context("spawn")
     pending = list(reversed(todo))
     procs: dict = {}
@@ -395,7 +369,7 @@ def _run_workers(workers: int, todo: list[ClipItem], root: Path, out: Path, tag:
 
 @contextlib.contextmanager
 def _shard_lock(path: Path):
-    import fcntl
+    import fcntl  # POSIX only: imported here so that the module still imports elsewhere
 
     with open(path, "a") as f:
         try:
@@ -453,8 +427,6 @@ def prepare_corpus(root: str | os.PathLike, out: str | os.PathLike, config: Prep
     Returns counts: ``clips`` (found in all shards), ``shard_clips``, ``done_before`` (recorded by an earlier
     run and unchanged), ``prepared`` (this run, by status), ``frames``, ``seconds``.
     """
-    from tqdm import tqdm
-
     config = config or PrepareConfig()
     root, out = Path(root), Path(out)
     if not root.exists():
@@ -474,8 +446,6 @@ def prepare_corpus(root: str | os.PathLike, out: str | os.PathLike, config: Prep
     tag = shard_tag(index, count)
     started = time.perf_counter()
     with _shard_lock(out / f".lock-{tag}"):
-        for stale in (out / ".scratch").glob(f"{tag}-w*"):  # left by a run that was killed
-            shutil.rmtree(stale, ignore_errors=True)
         latest = latest_records(out)
         todo = [it for it in mine if _needs_work(root, it, latest.get(it.path), retry_failed)]
         ends: dict[str, int] = {}
@@ -487,14 +457,15 @@ def prepare_corpus(root: str | os.PathLike, out: str | os.PathLike, config: Prep
         counts = {"ok": 0, "skipped": 0, "failed": 0}
         frames = 0
         bar = tqdm(total=len(todo), desc=f"corpus {tag}", unit="clip", disable=not progress, dynamic_ncols=True)
-        with ManifestWriter(mpath) as manifest, contextlib.closing(bar):
+        above_bar = logging_redirect_tqdm([logging.getLogger(ROOT)])  # log lines go above the bar, not through it
+        with ManifestWriter(mpath) as manifest, contextlib.closing(bar), above_bar:
             def on_record(record: dict) -> None:
                 nonlocal frames
                 manifest.write(record)
                 counts[record["status"]] += 1
                 frames += int(record.get("frames") or 0) if record["status"] == "ok" else 0
                 if record["status"] != "ok":
-                    bar.write(f"{record['status']}: {record['path']}: {record['reason']}", file=sys.stderr)
+                    log.info(f"{record['status']}: {record['path']}: {record['reason']}")
                 bar.update(1)
                 bar.set_postfix(counts, refresh=False)
 
@@ -502,7 +473,7 @@ def prepare_corpus(root: str | os.PathLike, out: str | os.PathLike, config: Prep
                 pack = PackWriter(_pack_path(out, tag, 0), ends.get(_pack_name(tag, 0), 0))
                 try:
                     for item in todo:
-                        on_record(process_clip(root, item, config, pack, out / ".scratch" / f"{tag}-w00"))
+                        on_record(process_clip(root, item, config, pack))
                 finally:
                     pack.close()
             elif todo:

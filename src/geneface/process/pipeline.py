@@ -1,14 +1,28 @@
 """`process`: a video of one person -> a training dataset (docs/dataset-format.md).
 
-Steps run in order; each writes its outputs atomically and is recorded in ``progress.json``; a rerun skips
+The work on a clip is a chain of public stages on arrays, shared by every caller:
+
+1. `detect_face`: find the face in every frame (the largest one, followed in time) and fix a square crop;
+2. `track_mesh`: crop and resize every frame and track the 478-point face mesh on it;
+3. `solve_motion`: the canonical shape, the per-frame head pose (the NeRF camera), the mesh with the pose
+   removed and the 68-point landmark offsets;
+4. `clip_audio` and `audio_features`: the clip's 16 kHz audio and its 50 Hz features.
+
+`track_clip` runs them in memory on one clip and returns a `ClipTrack` (what `geneface corpus prepare` keeps
+of each clip). `process` runs them as steps that write a dataset folder, plus the person masks and the static
+background: each step writes its outputs atomically and is recorded in ``progress.json``; a rerun skips
 finished steps whose outputs are still there and redoes everything from the first one that is not.
 ``meta.json`` is written last.
+
+Every video is resampled to 25 fps (`geneface.constants.FPS`): the audio features run at 50 Hz, two rows per
+frame, so the frame rate is not an option.
 """
 
 from __future__ import annotations
 
 import hashlib
-import sys
+import logging
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,11 +33,17 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import face, media
+from ..constants import AUDIO_RATE, FEATURE_RATE, FPS
 from ..dataset import FORMAT, VERSION
 from ..errors import InputError, NoFaceError
+from ..features import FEATURE_KINDS, extract_features
+from ..features.activity import is_silent
+from ..features.mel import f0_hz
 from ..fileio import atomic_dir, atomic_path, read_json, read_npz, write_json, write_npz
 from . import masks as masks_mod
 from . import pose as pose_mod
+
+log = logging.getLogger(__name__)
 
 MIN_SOURCE_SIDE = 96
 """Smallest accepted short side of the source video, in pixels."""
@@ -33,12 +53,10 @@ DETECT_SIDE = 640
 
 @dataclass
 class ProcessConfig:
-    """Options of `geneface process`."""
+    """Options of `geneface process` (the dataset is always at 25 fps: `geneface.constants.FPS`)."""
 
     size: int = 512
     """Side of the square output frames, in pixels."""
-    fps: float = 25.0
-    """Frame rate of the dataset; other source rates are resampled."""
     audio: Path | None = None
     """Audio file to use instead of the video's own track."""
     features: tuple[str, ...] = ("mel",)
@@ -56,10 +74,285 @@ class ProcessConfig:
     val_fraction: float = 1 / 11
     """The last part of the clip kept for validation."""
     background_frames: int = 150
-    """Frames sampled evenly over the clip to estimate the static background."""
+    """Frames sampled evenly over the training split to estimate the static background."""
     track_side: int = 256
     """Smallest frame side at which the face mesh is tracked (smaller outputs are tracked upscaled)."""
 
+
+class SourceTooSmallError(InputError):
+    """The video's short side is under `MIN_SOURCE_SIDE` pixels: too few to track a face."""
+
+    def __init__(self, video: Path, width: int, height: int) -> None:
+        self.width, self.height, self.minimum = width, height, MIN_SOURCE_SIDE
+        super().__init__(f"{video} is {width}x{height}; at least {MIN_SOURCE_SIDE} px on the short side are "
+                         f"needed to track a face")
+
+
+# --- the stages of one clip -------------------------------------------------------------------------
+
+@dataclass
+class FaceCrop:
+    """Where the face is in every frame and the square crop that holds it (`detect_face`)."""
+
+    boxes: np.ndarray
+    """[T, 4] float32 (x0, y0, x1, y1) source pixels of the followed face; NaN where it was not found."""
+    counts: np.ndarray
+    """[T] int: faces detected in each frame."""
+    crop: np.ndarray
+    """[3] int (x0, y0, side): the square crop in source pixels."""
+    source_shape: tuple[int, int]
+    """(height, width) of the source frames."""
+    notes: list[str] = field(default_factory=list)
+    """Things worth telling the user ("note: several faces ...")."""
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.boxes)
+
+
+@dataclass
+class MeshTrack:
+    """The face mesh of every cropped frame (`track_mesh`)."""
+
+    mesh: np.ndarray
+    """[T, 478, 3] float32 in pixels of the ``size`` x ``size`` crop; frames without a face interpolated."""
+    found: np.ndarray
+    """[T] bool: the mesh was tracked (not interpolated) in the frame."""
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class HeadMotion:
+    """Head pose and pose-free landmarks of a clip (`solve_motion`): the arrays of pose.npz and motion.npz."""
+
+    rotation: np.ndarray
+    """[T, 3, 3] float32 head-to-camera rotation, smoothed in time."""
+    translation: np.ndarray
+    """[T, 3] float32 head origin in camera space (head units), smoothed in time."""
+    c2w: np.ndarray
+    """[T, 4, 4] float32 camera-to-head transforms (the NeRF camera)."""
+    euler: np.ndarray
+    """[T, 3] float32 (yaw, pitch, roll) degrees, smoothed."""
+    euler_raw: np.ndarray
+    """[T, 3] float32 (yaw, pitch, roll) degrees before smoothing."""
+    intrinsics: np.ndarray
+    """[3, 3] float32 pinhole matrix in pixels of the crop."""
+    canonical: np.ndarray
+    """[T, 478, 3] float32 the mesh with the head pose removed (head units)."""
+    mean_shape: np.ndarray
+    """[478, 3] float32 the person's canonical shape."""
+    offsets: np.ndarray
+    """[T, 68, 3] float32 iBUG-68 landmarks in head space minus their mean, over the inter-ocular distance."""
+    mean68: np.ndarray
+    """[68, 3] float32 the mean of the 68 landmarks (head units)."""
+    iod: np.ndarray
+    """float32 scalar: the inter-ocular distance of ``mean68`` (head units)."""
+
+    def pose_arrays(self) -> dict[str, np.ndarray]:
+        """The arrays of pose.npz."""
+        return {k: getattr(self, k) for k in ("rotation", "translation", "c2w", "euler", "euler_raw", "intrinsics",
+                                              "canonical", "mean_shape")}
+
+    def motion_arrays(self) -> dict[str, np.ndarray]:
+        """The arrays of motion.npz."""
+        return {"offsets": self.offsets, "mean68": self.mean68, "iod": self.iod}
+
+
+def check_source(video: Path, audio: Path | None = None) -> media.VideoInfo:
+    """Probe ``video`` and check that it can be processed: large enough (else `SourceTooSmallError`), with
+    speech (its own audio track, or the readable file ``audio``); raises ``InputError`` otherwise."""
+    info = media.probe(video)  # raises on missing / unreadable / no video
+    if min(info.width, info.height) < MIN_SOURCE_SIDE:
+        raise SourceTooSmallError(video, info.width, info.height)
+    if audio is None and not info.has_audio:
+        raise InputError(f"{video} has no audio track; give the speech with --audio FILE")
+    if audio is not None:
+        media.read_audio(audio)  # fail now, not after the long steps
+    return info
+
+
+def detect_face(video: Path, config: ProcessConfig, progress: bool = True) -> FaceCrop:
+    """Find the face in every frame of ``video`` (the largest one that stays consistent) and fix a square crop
+    around it. Raises ``NoFaceError`` when more than ``config.max_missing`` of the frames have no face."""
+    boxes: list[np.ndarray] = []
+    counts: list[int] = []
+    shape = None
+    with face.FaceDetector() as detect:
+        for rgb in tqdm(media.read_video(video, FPS), desc="detect", unit="frame", leave=False, disable=not progress):
+            shape = rgb.shape[:2]
+            scale = min(1.0, DETECT_SIDE / max(shape))
+            small = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else rgb
+            b, _ = detect(small)
+            boxes.append(b / scale)
+            counts.append(len(b))
+    if shape is None:
+        raise InputError(f"no video frames in {video}")
+    h, w = shape
+    chosen = _follow_largest(boxes)
+    found = ~np.isnan(chosen[:, 0])
+    t = len(boxes)
+    if found.sum() < (1 - config.max_missing) * t:
+        raise NoFaceError(f"no face found in {t - found.sum()} of {t} frames "
+                          f"({_ranges(np.flatnonzero(~found))}); is a face clearly visible?")
+    good = chosen[found]
+    bw = np.median(good[:, 2] - good[:, 0])
+    bh = np.median(good[:, 3] - good[:, 1])
+    cx = np.median((good[:, 0] + good[:, 2]) / 2)
+    cy = np.median((good[:, 1] + good[:, 3]) / 2) + 0.25 * bh
+    side = int(round(min(config.crop_scale * max(bw, bh), w, h)))
+    x0 = int(round(np.clip(cx - side / 2, 0, w - side)))
+    y0 = int(round(np.clip(cy - side / 2, 0, h - side)))
+    several = int((np.asarray(counts) > 1).sum())
+    notes = [f"note: several faces in {several} frames; following the largest consistent one"] if several else []
+    return FaceCrop(chosen.astype(np.float32), np.asarray(counts), np.array([x0, y0, side]), (h, w), notes)
+
+
+def track_mesh(video: Path, crop: np.ndarray, num_frames: int, config: ProcessConfig,
+               frames_dir: Path | None = None, progress: bool = True) -> MeshTrack:
+    """Crop ``crop`` = (x0, y0, side) out of the first ``num_frames`` frames of ``video``, resize it to
+    ``config.size`` and track the 478-point mesh on it (at ``config.track_side`` px at least); frames without a
+    face are interpolated. With ``frames_dir``, each cropped frame is also written there as ``000000.jpg``, ...
+    Raises ``NoFaceError`` when more than ``config.max_missing`` of the frames have no mesh."""
+    x0, y0, side = (int(v) for v in crop)
+    t = num_frames
+    size = config.size
+    track = max(size, config.track_side)
+    mesh = np.zeros((t, face.NUM_MESH_POINTS, 3), np.float32)
+    found = np.zeros(t, bool)
+    n = 0
+    with face.FaceMesh(video=True) as tracker:
+        for i, rgb in enumerate(tqdm(media.read_video(video, FPS), total=t, desc="track", unit="frame",
+                                     leave=False, disable=not progress)):
+            if i >= t:
+                break
+            cropped = rgb[y0:y0 + side, x0:x0 + side]
+            interp = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
+            out = cv2.resize(cropped, (size, size), interpolation=interp)
+            if frames_dir is not None and not cv2.imwrite(str(frames_dir / f"{i:06d}.jpg"), out[..., ::-1],
+                                                          [cv2.IMWRITE_JPEG_QUALITY, 95]):
+                raise InputError(f"cannot write frames into {frames_dir.parent}")
+            view = out if track == size else cv2.resize(cropped, (track, track), interpolation=interp)
+            faces = tracker(view)
+            if faces:
+                mesh[i] = faces[0] * (size / track)
+                found[i] = True
+            n = i + 1
+    if n < t:
+        raise InputError(f"{video} changed while processing: {n} frames now, {t} before")
+    if found.sum() < (1 - config.max_missing) * t:
+        raise NoFaceError(f"no face mesh in {t - found.sum()} of {t} frames "
+                          f"({_ranges(np.flatnonzero(~found))}); is the face large and clear enough?")
+    notes = []
+    missing = np.flatnonzero(~found)
+    if len(missing):
+        idx = np.flatnonzero(found)
+        flat = mesh.reshape(t, -1)
+        for j in range(flat.shape[1]):
+            flat[missing, j] = np.interp(missing, idx, flat[idx, j])
+        notes.append(f"note: no face in {len(missing)} frames ({_ranges(missing)}); interpolated")
+    return MeshTrack(mesh, found, notes)
+
+
+def solve_motion(mesh: np.ndarray, config: ProcessConfig) -> HeadMotion:
+    """Canonical shape, per-frame camera pose (smoothed), canonical landmarks and the 68-point offsets of the
+    mesh ``[T, 478, 3]`` (pixels of the ``config.size`` crop)."""
+    mesh = mesh.astype(np.float64)
+    K = pose_mod.intrinsics(config.size, config.focal_scale)
+    shape = pose_mod.canonical_shape(mesh)
+    raw = pose_mod.solve_poses(mesh, shape, K)
+    smooth = pose_mod.smooth_poses(raw, config.pose_smoothing)
+    canonical = pose_mod.canonicalise(mesh, smooth, K)
+    offsets, mean68, iod = pose_mod.motion_offsets(canonical)
+    return HeadMotion(rotation=smooth.rotation.astype(np.float32), translation=smooth.translation.astype(np.float32),
+                      c2w=smooth.c2w().astype(np.float32), euler=smooth.euler.astype(np.float32),
+                      euler_raw=raw.euler.astype(np.float32), intrinsics=K.astype(np.float32),
+                      canonical=canonical, mean_shape=shape, offsets=offsets, mean68=mean68,
+                      iod=np.array(iod, np.float32))
+
+
+def clip_audio(source: Path, num_frames: int) -> np.ndarray:
+    """The audio of ``source`` as 16 kHz mono float32, cut or zero-padded to ``num_frames`` video frames."""
+    audio = media.read_audio(source)
+    n = int(round(num_frames / FPS * AUDIO_RATE))
+    return np.pad(audio[:n], (0, max(0, n - len(audio))))
+
+
+def audio_features(audio: np.ndarray, kinds: tuple[str, ...], num_frames: int,
+                   model_path: Path | None = None) -> dict[str, np.ndarray]:
+    """Features ``[2 * num_frames, D]`` float32 at 50 Hz of each kind in ``kinds``, from 16 kHz ``audio``."""
+    return {kind: extract_features(kind, audio, num_frames=num_frames, model_path=model_path).astype(np.float32)
+            for kind in kinds}
+
+
+def split_frame(num_frames: int, val_fraction: float) -> int:
+    """The first validation frame: frames ``[0, s)`` train, ``[s, num_frames)`` validate (the last
+    ``val_fraction`` of the clip, at least one frame when there are two or more)."""
+    n_val = max(1, int(round(num_frames * val_fraction))) if num_frames > 1 else 0
+    return num_frames - n_val
+
+
+@dataclass
+class ClipTrack:
+    """One clip tracked in memory by `track_clip`: the arrays `process` writes, without the images."""
+
+    crop: np.ndarray
+    """[3] int (x0, y0, side): the square face crop in source pixels."""
+    mesh: np.ndarray
+    """[T, 478, 3] float32 face mesh in pixels of the ``size`` x ``size`` crop (missing frames interpolated)."""
+    found: np.ndarray
+    """[T] bool: the face was tracked (not interpolated) in the frame."""
+    motion: HeadMotion
+    """Head pose, canonical mesh and the 68-point offsets."""
+    audio: np.ndarray
+    """[T / 25 * 16000] float32: the clip's audio as ``audio.wav`` of a dataset holds it (16-bit PCM)."""
+    features: dict[str, np.ndarray]
+    """Kind -> [2T, D] float32 audio features at 50 Hz."""
+    pitch: np.ndarray
+    """[2T] float32 f0 in Hz at 50 Hz (0 where unvoiced), from the mel features."""
+    notes: list[str]
+    """What `process` would have told the user ("note: no face in 3 frames ...; interpolated")."""
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.mesh)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """[T, 68, 3] float32 landmark offsets with the head pose removed (`HeadMotion.offsets`)."""
+        return self.motion.offsets
+
+
+def track_clip(video: str | Path, config: ProcessConfig = ProcessConfig(), progress: bool = False) -> ClipTrack:
+    """Detect, track, solve the head pose and compute the audio features of one clip, in memory.
+
+    The arrays equal those `process` writes for the same video and settings (``config.audio``: speech to use
+    instead of the video's own track). Raises `SourceTooSmallError`, ``InputError`` or ``NoFaceError``.
+    ``progress``: show per-stage progress bars.
+    """
+    video = Path(video)
+    _check_config(config)
+    check_source(video, config.audio)
+    found = detect_face(video, config, progress)
+    t = found.num_frames
+    tracked = track_mesh(video, found.crop, t, config, progress=progress)
+    motion = solve_motion(tracked.mesh, config)
+    audio = _as_stored(clip_audio(config.audio or video, t))
+    features = audio_features(audio, config.features, t, config.feature_model)
+    mel = features["mel"] if "mel" in features else extract_features("mel", audio, num_frames=t)
+    return ClipTrack(crop=found.crop, mesh=tracked.mesh, found=tracked.found, motion=motion, audio=audio,
+                     features=features, pitch=f0_hz(mel).astype(np.float32), notes=found.notes + tracked.notes)
+
+
+def _as_stored(audio: np.ndarray) -> np.ndarray:
+    """``audio`` as it reads back from ``audio.wav`` (16-bit PCM), so that features computed from it equal
+    those of a processed dataset."""
+    with tempfile.TemporaryDirectory(prefix="geneface-audio-") as tmp:
+        path = Path(tmp) / "audio.wav"
+        media.write_audio(path, audio)
+        return media.read_audio(path)
+
+
+# --- the steps of `process` -------------------------------------------------------------------------
 
 @dataclass
 class Context:
@@ -79,102 +372,30 @@ class Context:
         return int(self.npz("detect.npz")["num_frames"])
 
 
-# --- steps ------------------------------------------------------------------------------------------
-
 def step_detect(ctx: Context) -> None:
     """Find the face in every frame (the largest one that stays consistent) and fix a square crop."""
-    boxes: list[np.ndarray] = []
-    counts: list[int] = []
-    shape = None
-    with face.FaceDetector() as detect:
-        for rgb in tqdm(media.read_video(ctx.video, ctx.config.fps), desc="detect", unit="frame", leave=False):
-            shape = rgb.shape[:2]
-            scale = min(1.0, DETECT_SIDE / max(shape))
-            small = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else rgb
-            b, _ = detect(small)
-            boxes.append(b / scale)
-            counts.append(len(b))
-    if shape is None:
-        raise InputError(f"no video frames in {ctx.video}")
-    h, w = shape
-    chosen = _follow_largest(boxes)
-    found = ~np.isnan(chosen[:, 0])
-    t = len(boxes)
-    if found.sum() < (1 - ctx.config.max_missing) * t:
-        raise NoFaceError(f"no face found in {t - found.sum()} of {t} frames "
-                          f"({_ranges(np.flatnonzero(~found))}); is a face clearly visible?")
-    good = chosen[found]
-    bw = np.median(good[:, 2] - good[:, 0])
-    bh = np.median(good[:, 3] - good[:, 1])
-    cx = np.median((good[:, 0] + good[:, 2]) / 2)
-    cy = np.median((good[:, 1] + good[:, 3]) / 2) + 0.25 * bh
-    side = int(round(min(ctx.config.crop_scale * max(bw, bh), w, h)))
-    x0 = int(round(np.clip(cx - side / 2, 0, w - side)))
-    y0 = int(round(np.clip(cy - side / 2, 0, h - side)))
-    several = int((np.asarray(counts) > 1).sum())
-    write_npz(ctx.out / "detect.npz", boxes=chosen.astype(np.float32), counts=np.asarray(counts),
-              crop=np.array([x0, y0, side]), num_frames=np.array(t), source_shape=np.array([h, w]))
-    if several:
-        print(f"note: several faces in {several} frames; following the largest consistent one")
+    found = detect_face(ctx.video, ctx.config)
+    h, w = found.source_shape
+    write_npz(ctx.out / "detect.npz", boxes=found.boxes, counts=found.counts, crop=found.crop,
+              num_frames=np.array(found.num_frames), source_shape=np.array([h, w]))
+    _log_notes(found.notes)
 
 
 def step_track(ctx: Context) -> None:
     """Crop and resize every frame, write it as JPEG, and track the 478-point mesh on it."""
     det = ctx.npz("detect.npz")
-    x0, y0, side = (int(v) for v in det["crop"])
-    t = int(det["num_frames"])
-    size = ctx.config.size
-    track = max(size, ctx.config.track_side)
-    mesh = np.zeros((t, face.NUM_MESH_POINTS, 3), np.float32)
-    found = np.zeros(t, bool)
-    n = 0
-    with atomic_dir(ctx.out / "frames") as tmp, face.FaceMesh(video=True) as tracker:
-        for i, rgb in enumerate(tqdm(media.read_video(ctx.video, ctx.config.fps), total=t, desc="track",
-                                     unit="frame", leave=False)):
-            if i >= t:
-                break
-            crop = rgb[y0:y0 + side, x0:x0 + side]
-            interp = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
-            out = cv2.resize(crop, (size, size), interpolation=interp)
-            if not cv2.imwrite(str(tmp / f"{i:06d}.jpg"), out[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95]):
-                raise InputError(f"cannot write frames into {ctx.out}")
-            view = out if track == size else cv2.resize(crop, (track, track), interpolation=interp)
-            faces = tracker(view)
-            if faces:
-                mesh[i] = faces[0] * (size / track)
-                found[i] = True
-            n = i + 1
-        if n < t:
-            raise InputError(f"{ctx.video} changed while processing: {n} frames now, {t} before")
-        if found.sum() < (1 - ctx.config.max_missing) * t:
-            raise NoFaceError(f"no face mesh in {t - found.sum()} of {t} frames "
-                              f"({_ranges(np.flatnonzero(~found))}); is the face large and clear enough?")
-        missing = np.flatnonzero(~found)
-        if len(missing):
-            idx = np.flatnonzero(found)
-            flat = mesh.reshape(t, -1)
-            for j in range(flat.shape[1]):
-                flat[missing, j] = np.interp(missing, idx, flat[idx, j])
-            print(f"note: no face in {len(missing)} frames ({_ranges(missing)}); interpolated")
-        ctx.info["interpolated_frames"] = len(missing)
-        write_npz(ctx.out / "landmarks.npz", mesh=mesh, found=found)
+    with atomic_dir(ctx.out / "frames") as tmp:
+        tracked = track_mesh(ctx.video, det["crop"], int(det["num_frames"]), ctx.config, frames_dir=tmp)
+        _log_notes(tracked.notes)
+        ctx.info["interpolated_frames"] = int((~tracked.found).sum())
+        write_npz(ctx.out / "landmarks.npz", mesh=tracked.mesh, found=tracked.found)
 
 
 def step_pose(ctx: Context) -> None:
     """Canonical shape, per-frame camera pose (smoothed), canonical landmarks and the 68-point motion."""
-    mesh = ctx.npz("landmarks.npz")["mesh"].astype(np.float64)
-    K = pose_mod.intrinsics(ctx.config.size, ctx.config.focal_scale)
-    shape = pose_mod.canonical_shape(mesh)
-    raw = pose_mod.solve_poses(mesh, shape, K)
-    smooth = pose_mod.smooth_poses(raw, ctx.config.pose_smoothing)
-    canonical = pose_mod.canonicalise(mesh, smooth, K)
-    offsets, mean68, iod = pose_mod.motion_offsets(canonical)
-    euler, euler_raw = smooth.euler, raw.euler
-    write_npz(ctx.out / "pose.npz", rotation=smooth.rotation.astype(np.float32),
-              translation=smooth.translation.astype(np.float32), c2w=smooth.c2w().astype(np.float32),
-              euler=euler.astype(np.float32), euler_raw=euler_raw.astype(np.float32),
-              intrinsics=K.astype(np.float32), canonical=canonical, mean_shape=shape)
-    write_npz(ctx.out / "motion.npz", offsets=offsets, mean68=mean68, iod=np.array(iod, np.float32))
+    motion = solve_motion(ctx.npz("landmarks.npz")["mesh"], ctx.config)
+    write_npz(ctx.out / "pose.npz", **motion.pose_arrays())
+    write_npz(ctx.out / "motion.npz", **motion.motion_arrays())
 
 
 def step_masks(ctx: Context) -> None:
@@ -188,9 +409,9 @@ def step_masks(ctx: Context) -> None:
 
 
 def step_background(ctx: Context) -> None:
-    """Static background: per-pixel median over sampled frames where no person covers the pixel."""
-    t = ctx.num_frames
-    pick = np.unique(np.linspace(0, t - 1, min(t, ctx.config.background_frames)).round().astype(int))
+    """Static background: per-pixel median over sampled training frames where no person covers the pixel."""
+    train = split_frame(ctx.num_frames, ctx.config.val_fraction)  # validation frames stay unseen
+    pick = np.unique(np.linspace(0, train - 1, min(train, ctx.config.background_frames)).round().astype(int))
     frames = np.stack([cv2.imread(str(ctx.out / "frames" / f"{i:06d}.jpg"))[..., ::-1] for i in pick])
     person = np.stack([cv2.imread(str(ctx.out / "parsing" / f"{i:06d}.png"), cv2.IMREAD_UNCHANGED) > 0
                        for i in pick])
@@ -202,23 +423,18 @@ def step_background(ctx: Context) -> None:
 
 def step_audio(ctx: Context) -> None:
     """16 kHz mono audio, cut or zero-padded to the clip's length."""
-    audio = media.read_audio(ctx.config.audio or ctx.video)
-    n = int(round(ctx.num_frames / ctx.config.fps * media.AUDIO_RATE))
-    audio = np.pad(audio[:n], (0, max(0, n - len(audio))))
-    if np.sqrt(np.mean(audio ** 2)) < 1e-4:
-        print("warning: the audio is silent, so no lip motion can be learned from it; give speech with --audio",
-              file=sys.stderr)
+    audio = clip_audio(ctx.config.audio or ctx.video, ctx.num_frames)
+    if is_silent(audio):
+        log.warning("the audio is silent, so no lip motion can be learned from it; give speech with --audio")
     media.write_audio(ctx.out / "audio.wav", audio)
 
 
 def step_features(ctx: Context) -> None:
     """Audio features at 50 Hz for each requested kind."""
-    from ..features import extract_features
-
     audio = media.read_audio(ctx.out / "audio.wav")
-    for kind in ctx.config.features:
-        feats = extract_features(kind, audio, num_frames=ctx.num_frames, model_path=ctx.config.feature_model)
-        write_npz(ctx.out / "features" / f"{kind}.npz", features=feats.astype(np.float32), rate=np.array(50))
+    features = audio_features(audio, ctx.config.features, ctx.num_frames, ctx.config.feature_model)
+    for kind, feats in features.items():
+        write_npz(ctx.out / "features" / f"{kind}.npz", features=feats, rate=np.array(FEATURE_RATE))
 
 
 STEPS: list[tuple[str, Callable[[Context], None], Callable[[Context], list[Path]]]] = [
@@ -238,15 +454,8 @@ def process(video: str | Path, out: str | Path, config: ProcessConfig = ProcessC
     """Run (or resume) every step; returns the summary also stored in ``meta.json``."""
     video, out = Path(video), Path(out)
     _check_config(config)
-    info = media.probe(video)  # raises on missing / unreadable / no video
-    if min(info.width, info.height) < MIN_SOURCE_SIDE:
-        raise InputError(f"{video} is {info.width}x{info.height}; at least {MIN_SOURCE_SIDE} px on the "
-                         f"short side are needed to track a face")
-    if config.audio is None and not info.has_audio:
-        raise InputError(f"{video} has no audio track; give the speech with --audio FILE")
-    if config.audio is not None:
-        media.read_audio(config.audio)  # fail now, not after the long steps
-    key = {"source_sha256": _sha256(video), "size": config.size, "fps": config.fps,
+    info = check_source(video, config.audio)
+    key = {"source_sha256": _sha256(video), "size": config.size, "fps": float(FPS),
            "focal_scale": config.focal_scale, "crop_scale": config.crop_scale,
            "pose_smoothing": config.pose_smoothing,
            "audio_sha256": _sha256(config.audio) if config.audio is not None else None}
@@ -263,7 +472,7 @@ def process(video: str | Path, out: str | Path, config: ProcessConfig = ProcessC
         done.pop(name, None)
         write_json(out / "progress.json", progress)
         start = time.perf_counter()
-        print(f"[{name}] {run_step.__doc__.splitlines()[0]}")
+        log.info(f"[{name}] {run_step.__doc__.splitlines()[0]}")
         run_step(ctx)
         done[name] = {"seconds": round(time.perf_counter() - start, 3), **ctx.info}
         ctx.info = {}
@@ -271,20 +480,21 @@ def process(video: str | Path, out: str | Path, config: ProcessConfig = ProcessC
     summary = _summary(ctx, done, time.perf_counter() - total, info)
     if rerun or not (out / "meta.json").exists():
         _write_meta(ctx, info, key, summary)
-    _print_summary(summary)
+    _log_summary(summary)
     return summary
 
 
 def _check_config(config: ProcessConfig) -> None:
     if config.size < 32 or config.size % 2:
         raise InputError(f"--size must be an even number of at least 32, got {config.size}")
-    if not 1 <= config.fps <= 120:
-        raise InputError(f"--fps must be between 1 and 120, got {config.fps}")
-    from ..features import FEATURE_KINDS
-
     for kind in config.features:
         if kind not in FEATURE_KINDS:
             raise InputError(f"unknown feature kind {kind!r}; choose from {', '.join(FEATURE_KINDS)}")
+
+
+def _log_notes(notes: list[str]) -> None:
+    for note in notes:
+        log.info(note)
 
 
 def _open_output(out: Path, key: dict) -> dict:
@@ -372,7 +582,7 @@ def _summary(ctx: Context, done: dict, seconds: float, info: media.VideoInfo) ->
     steps = {name: done[name]["seconds"] for name, _, _ in STEPS if name in done}
     return {
         "frames": t,
-        "seconds_of_video": round(t / ctx.config.fps, 2),
+        "seconds_of_video": round(t / FPS, 2),
         "face_found_rate": round(float(lm["found"].mean()), 4),
         "pose_jitter_deg": round(jitter, 3),
         "step_seconds": steps,
@@ -384,15 +594,15 @@ def _summary(ctx: Context, done: dict, seconds: float, info: media.VideoInfo) ->
 
 def _write_meta(ctx: Context, info: media.VideoInfo, key: dict, summary: dict) -> None:
     t = ctx.num_frames
-    n_val = max(1, int(round(t * ctx.config.val_fraction))) if t > 1 else 0
+    split = split_frame(t, ctx.config.val_fraction)
     meta = {
         "format": FORMAT,
         "version": VERSION,
-        "fps": ctx.config.fps,
+        "fps": float(FPS),
         "size": ctx.config.size,
         "num_frames": t,
         "intrinsics": pose_mod.intrinsics(ctx.config.size, ctx.config.focal_scale).tolist(),
-        "split": {"train": [0, t - n_val], "val": [t - n_val, t]},
+        "split": {"train": [0, split], "val": [split, t]},
         "features": sorted(p.stem for p in (ctx.out / "features").glob("*.npz")),
         "source": {"path": str(ctx.video), "sha256": key["source_sha256"], "width": info.width,
                    "height": info.height, "fps": info.fps},
@@ -405,9 +615,9 @@ def _write_meta(ctx: Context, info: media.VideoInfo, key: dict, summary: dict) -
     write_json(ctx.out / "meta.json", meta)
 
 
-def _print_summary(s: dict) -> None:
-    print(f"{s['frames']} frames ({s['seconds_of_video']} s), face found in {100 * s['face_found_rate']:.1f}%, "
-          f"pose jitter {s['pose_jitter_deg']:.2f} deg")
+def _log_summary(s: dict) -> None:
+    log.info(f"{s['frames']} frames ({s['seconds_of_video']} s), face found in {100 * s['face_found_rate']:.1f}%, "
+             f"pose jitter {s['pose_jitter_deg']:.2f} deg")
     for name, sec in s["step_seconds"].items():
-        print(f"  {name:<11} {sec:8.2f} s  {s['frames'] / max(sec, 1e-9):8.1f} frames/s")
-    print(f"  {'total':<11} {s['total_seconds']:8.2f} s  {s['frames_per_second']:8.1f} frames/s")
+        log.info(f"  {name:<11} {sec:8.2f} s  {s['frames'] / max(sec, 1e-9):8.1f} frames/s")
+    log.info(f"  {'total':<11} {s['total_seconds']:8.2f} s  {s['frames_per_second']:8.1f} frames/s")

@@ -10,15 +10,21 @@ trained on some voices and tested on a voice it never heard (``first_speaker`` s
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
+from skimage import data as skimage_data
 
 from ..errors import InputError
 from ..fileio import write_json
+from .generator import SynthConfig, prepare, truth_path
+from .photo import as_rgb
+from .speech import speak
 
 ACCENTS = ("en-us", "en-gb", "en-029", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd",
            "en-us-nyc")
@@ -120,12 +126,7 @@ def speaker_style(index: int, seed: int = 0) -> SpeakerStyle:
 
 def styled_photo(style: SpeakerStyle) -> np.ndarray:
     """The speaker's face photo: RGB uint8 ``[H, W, 3]``, recoloured and slightly warped."""
-    import cv2
-    from skimage import data
-
-    from .photo import as_rgb
-
-    photo = as_rgb(getattr(data, style.photo)())
+    photo = as_rgb(getattr(skimage_data, style.photo)())
     if style.mirror:
         photo = photo[:, ::-1]
     hsv = cv2.cvtColor(np.ascontiguousarray(photo), cv2.COLOR_RGB2HSV).astype(np.float32)
@@ -149,9 +150,6 @@ def clip_text(speaker: int, clip: int, seed: int = 0, sentences: tuple[str, ...]
 
 def _make_clip(args: tuple) -> dict:
     """Render clip ``j`` of speaker ``k`` (a task of :func:`make_corpus`); returns its row."""
-    from .generator import SynthConfig, prepare, truth_path
-    from .speech import speak
-
     out, k, j, seconds, size, seed, sentences = args
     style = speaker_style(k, seed)
     path = Path(out) / f"speaker{k}" / f"clip{j}.mp4"
@@ -186,8 +184,6 @@ def make_corpus(out: str | os.PathLike, speakers: int = 4, clips_per_speaker: in
              for k in range(first_speaker, first_speaker + speakers) for j in range(clips_per_speaker)]
     out.mkdir(parents=True, exist_ok=True)
     if workers > 1:
-        import multiprocessing as mp
-
         with mp.get_context("spawn").Pool(workers) as pool:
             rows = pool.map(_make_clip, tasks, chunksize=1)
             pool.close()  # let the workers exit on their own (terminating them leaks their semaphores)

@@ -34,13 +34,14 @@ from tqdm import tqdm
 
 from ..errors import InputError
 from ..face import FACE_OVAL, LEFT_EYE, NUM_MESH_POINTS, RIGHT_EYE, interocular, mouth_opening
+from ..features.activity import is_silent
 from ..fileio import write_npz
 from ..media import AUDIO_RATE, VideoWriter
 from .motion import blinks, head_motion
 from .photo import crop_face, default_face
 from .render import Warper, draw_mouth
 from .rig import HEAD_IOD, LOWER_INNER, UPPER_INNER, FaceRig
-from .speech import default_speech, fit_length, is_silent, mouth_track
+from .speech import default_speech, fit_length, mouth_track
 
 RING_SCALE_NEAR = (1.45, 1.28, 1.22)
 """Ring that moves rigidly with the head, as multiples of the face outline about its centre (top, sides, bottom)."""

@@ -12,11 +12,11 @@ Bilabials (p, b, m) close the lips whatever the loudness.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
 import tempfile
-import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -24,13 +24,14 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
+from ..constants import AUDIO_RATE
 from ..errors import InputError, MissingModelError
-from ..media import AUDIO_RATE, read_audio
+from ..features.activity import HOP, WINDOW, analysis_windows, loudness_db, speech_activity
+from ..media import read_audio
 
-HOP = 160  # 10 ms at 16 kHz: the analysis rate (100 Hz) and pocketsphinx's frame rate
-WINDOW = 400  # 25 ms
-SILENT_PEAK = 10 ** (-60 / 20)
-"""Audio whose loudest 25 ms window stays below -60 dBFS RMS counts as silent."""
+log = logging.getLogger(__name__)
+
+# HOP (10 ms) is both the loudness analysis step of `geneface.features.activity` and pocketsphinx's frame rate.
 
 # ARPAbet phone -> (jaw opening in [0, 1], lip width in [-1 rounded, +1 spread]).
 VISEMES: dict[str, tuple[float, float]] = {
@@ -110,35 +111,6 @@ def fit_length(audio: np.ndarray, seconds: float, pause: float = 0.6) -> np.ndar
     return np.concatenate([audio, gap] * reps)[:n].astype(np.float32)
 
 
-def is_silent(audio: np.ndarray) -> bool:
-    """True when no 25 ms window of ``audio`` is louder than -60 dBFS."""
-    return len(audio) == 0 or float(loudness_db(audio).max()) < 20 * np.log10(SILENT_PEAK)
-
-
-def _frames(audio: np.ndarray) -> np.ndarray:
-    """Windows ``[N, WINDOW]`` centred every 10 ms (N = ceil(len / HOP))."""
-    n = max(1, int(np.ceil(len(audio) / HOP)))
-    padded = np.pad(audio.astype(np.float32), (WINDOW // 2, WINDOW // 2 + n * HOP))
-    idx = np.arange(n)[:, None] * HOP + np.arange(WINDOW)[None, :]
-    return padded[idx]
-
-
-def loudness_db(audio: np.ndarray) -> np.ndarray:
-    """RMS level in dBFS of 25 ms windows every 10 ms ``[N]``."""
-    rms = np.sqrt((_frames(audio) ** 2).mean(1))
-    return 20 * np.log10(rms + 1e-9)
-
-
-def speech_activity(db: np.ndarray) -> np.ndarray:
-    """Soft voice activity ``[N]`` in [0, 1] from the loudness: 0 below -35 dB from the clip's speech
-    level (its 95th percentile), 1 above -8 dB, smooth in between; all zero for silent audio."""
-    if db.max() < 20 * np.log10(SILENT_PEAK):
-        return np.zeros_like(db)
-    ref = np.percentile(db, 95)
-    x = np.clip((db - (ref - 35.0)) / 27.0, 0.0, 1.0)
-    return x * x * (3 - 2 * x)
-
-
 def recognize_phones(audio: np.ndarray) -> list[tuple[str, float, float]] | None:
     """Phones ``(label, start s, end s)`` by pocketsphinx allphone decoding, or None when unavailable."""
     try:
@@ -151,7 +123,7 @@ def recognize_phones(audio: np.ndarray) -> list[tuple[str, float, float]] | None
                                        allphone=os.path.join(model, "en-us", "en-us-phone.lm.bin"),
                                        lw=2.0, pip=0.3, beam=1e-10, pbeam=1e-10, loglevel="FATAL")
     except Exception as e:  # a broken install: fall back to spectral features
-        warnings.warn(f"pocketsphinx could not start ({e}); using spectral features for the mouth")
+        log.warning(f"pocketsphinx could not start ({e}); using spectral features for the mouth")
         return None
     pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16)
     phones: list[tuple[str, float, float]] = []
@@ -187,7 +159,7 @@ def _spectral_targets(audio: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     fricatives (energy mostly above 4 kHz); width follows the spectral centroid of 1-3.5 kHz (the
     second formant is high for spread vowels, low for rounded ones), normalised over the clip.
     """
-    spec = np.abs(np.fft.rfft(_frames(audio) * np.hanning(WINDOW), axis=1)) ** 2 + 1e-12
+    spec = np.abs(np.fft.rfft(analysis_windows(audio) * np.hanning(WINDOW), axis=1)) ** 2 + 1e-12
     freqs = np.fft.rfftfreq(WINDOW, 1 / AUDIO_RATE)
     band = lambda lo, hi: spec[:, (freqs >= lo) & (freqs < hi)].sum(1)  # noqa: E731
     total = band(80, 8000)
