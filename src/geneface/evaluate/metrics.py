@@ -3,12 +3,12 @@ optional perceptual metrics (LPIPS, FID) whose weights come from registry packag
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Callable
 
 import numpy as np
-from ..errors import MissingModelError
+
 from ..constants import AUDIO_RATE, MOUTH_68
+from ..errors import MissingModelError
 from ..face import LANDMARKS_68, interocular
 
 MAX_PSNR = 100.0
@@ -110,16 +110,14 @@ def frame_loudness(audio: np.ndarray, num_frames: int, fps: float, rate: int = A
 
 # --- optional perceptual metrics -----------------------------------------------------------------
 
-def load_optional(module: str, loader: str, device: Any) -> tuple[Any, str | None]:
-    """``<module>.<loader>(device)`` (``module`` a full name such as ``geneface.lpips``), or (None, why not)
-    when the module or its weights are not installed."""
+def load_optional(loader: Callable[[Any], Any], device: Any) -> tuple[Any, str | None]:
+    """``loader(device)`` (`geneface.lpips.load_lpips`, `geneface.evaluate.fid.load_inception`), or (None, the
+    loader's message) when its weight package is not installed (`MissingModelError`). Any other error is a
+    bug and propagates."""
     try:
-        mod = importlib.import_module(module)
-        return getattr(mod, loader)(device), None
+        return loader(device), None
     except MissingModelError as e:
         return None, str(e)
-    except (ImportError, AttributeError) as e:
-        return None, f"{module} is not available ({e})"
 
 
 def lpips_distance(net: Callable, a: np.ndarray, b: np.ndarray, device: Any, batch: int = 8) -> np.ndarray:

@@ -62,7 +62,9 @@ from .. import media
 from ..errors import InputError
 from ..constants import MOUTH_68
 from ..fileio import atomic_path, write_json
+from ..lpips import load_lpips
 from . import metrics, plots
+from .fid import load_inception
 
 FORMAT = "geneface-eval"
 VERSION = 1
@@ -255,10 +257,10 @@ def evaluate(person_dir: str | os.PathLike, audio_paths: list[str | os.PathLike]
                          f"{person.feature_kind!r}")
     renderer = PersonRenderer.load(person.render_dir, device=device)
     size = renderer.size
-    lpips_net, why_lpips = metrics.load_optional("geneface.lpips", "load_lpips", device)
+    lpips_net, why_lpips = metrics.load_optional(load_lpips, device)
     inception, why_fid = (None, None)
     if count >= MIN_FID_FRAMES:
-        inception, why_fid = metrics.load_optional("fid", "load_inception", device)
+        inception, why_fid = metrics.load_optional(load_inception, device)
     else:
         why_fid = (f"needs at least {MIN_FID_FRAMES} validation frames, got {count} (on fewer frames the "
                    f"estimate of 2048-d feature statistics is too noisy to compare)")
