@@ -34,35 +34,33 @@ def tiny_dataset(tmp_path_factory, synthetic_clip) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_person(tmp_path_factory, tiny_dataset) -> Path:
-    """A person model trained in seconds on ``tiny_dataset`` (tiny motion preset, 64 px renderer), with its
-    dataset copied to PERSON/data as `geneface train all` leaves it."""
+def tiny_person(tmp_path_factory, synthetic_clip, tiny_dataset) -> Path:
+    """A person model trained in seconds by `train_person` on the synthetic clip (its dataset copied from
+    ``tiny_dataset``, so processing is skipped): the tiny motion preset and a 64 px renderer."""
     import shutil
     from dataclasses import replace
 
     import torch
 
-    from geneface.dataset import PersonDataset
-    from geneface.infer.person import Person
-    from geneface.motion.train import MotionTrainConfig, train_motion
+    from geneface import TrainConfig, train_person
+    from geneface.motion.train import MotionTrainConfig
     from geneface.render.model import ModelConfig
-    from geneface.render.train import RenderTrainConfig, train_render
+    from geneface.render.train import RenderTrainConfig
 
     root = tmp_path_factory.mktemp("person") / "person"
     shutil.copytree(tiny_dataset, root / "data")
+    model = ModelConfig(resolutions=(16, 32, 64), torso_resolutions=(8, 16, 32, 64), train_samples=32,
+                        infer_samples=32, grid_resolution=32)
+    config = TrainConfig(
+        size=128, motion_preset="tiny", device="cpu",
+        motion=MotionTrainConfig(syncnet_steps=20, steps=30, batch_size=4, window=16, warmup=5, save_every=10_000,
+                                 log_every=10),
+        render=replace(RenderTrainConfig(), size=64, steps=40, torso_fraction=0.5, frames_per_step=4,
+                       rays_per_frame=128, val_every=10_000, val_frames=2, model=model))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        train_motion([root / "data"], root / "motion", preset_name="tiny", device="cpu",
-                     config=MotionTrainConfig(syncnet_steps=20, steps=30, batch_size=4, window=16, warmup=5,
-                                              save_every=10_000, log_every=10))
-        model = ModelConfig(resolutions=(16, 32, 64), torso_resolutions=(8, 16, 32, 64), train_samples=32,
-                            infer_samples=32, grid_resolution=32)
-        train_render(root / "data", root / "render",
-                     replace(RenderTrainConfig(), size=64, steps=40, torso_fraction=0.5, frames_per_step=4,
-                             rays_per_frame=128, val_every=10_000, val_frames=2, model=model),
-                     device="cpu", progress=False)
+        train_person(synthetic_clip[0], root, config, progress=False)
     finally:
         torch.set_num_threads(threads)
-    Person.write(root, PersonDataset(root / "data"), feature_kind="mel")
     return root

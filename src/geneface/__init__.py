@@ -1,8 +1,36 @@
-"""GeneFace: audio-driven 3D talking-face synthesis in pure PyTorch."""
+"""GeneFace: audio-driven 3D talking-face synthesis in pure PyTorch.
 
+The public API (imported on first use, so ``import geneface`` stays light)::
+
+    from geneface import TrainConfig, PersonModel, train_person
+    person = train_person("me.mp4", "people/me", TrainConfig(device="cpu"))   # what `geneface train all` does
+    person = PersonModel.load("people/me")                                      # later: load once ...
+    person.speak("speech.wav", "me_speaking.mp4")                               # ... speak many times
+
+Also: `process` / `ProcessConfig` (video -> dataset), `MotionModel` (speech -> landmarks), `PersonRenderer`
+(poses + landmarks -> frames), `evaluate` / `EvalConfig` (a person model's quality), `InferConfig`.
+"""
+
+import importlib
 import os
+from typing import Any
 
 # Idle OpenMP threads spinning make torch many times slower on a shared or busy CPU.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
+
+_API = {
+    "train_person": "geneface.infer.train", "TrainConfig": "geneface.infer.train",
+    "PersonModel": "geneface.infer.pipeline", "InferConfig": "geneface.infer.pipeline",
+    "process": "geneface.process.pipeline", "ProcessConfig": "geneface.process.pipeline",
+    "MotionModel": "geneface.motion.model", "PersonRenderer": "geneface.render.renderer",
+    "evaluate": "geneface.evaluate.report", "EvalConfig": "geneface.evaluate.report",
+}
+__all__ = sorted(_API) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'geneface' has no attribute {name!r}")

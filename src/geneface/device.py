@@ -4,7 +4,37 @@ from __future__ import annotations
 
 from .errors import InputError
 
+from dataclasses import dataclass
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass(frozen=True)
+class DeviceDefaults:
+    """Training sizes that suit a kind of device: small and quick on a CPU, full size on a GPU."""
+
+    render_size: int
+    """Renderer frame side in pixels (at most the dataset's)."""
+    render_steps: int
+    """Renderer training steps (head and torso together)."""
+    rays_per_frame: int
+    """Renderer rays per frame and step."""
+    motion_preset: str
+    """Audio2motion model sizes (`geneface.motion.presets`)."""
+
+
+DEVICE_DEFAULTS = {
+    "cpu": DeviceDefaults(render_size=128, render_steps=3000, rays_per_frame=512, motion_preset="small"),
+    "mps": DeviceDefaults(render_size=256, render_steps=8000, rays_per_frame=1024, motion_preset="small"),
+    "cuda": DeviceDefaults(render_size=512, render_steps=20000, rays_per_frame=2048, motion_preset="geneface"),
+}
+"""The one table of per-device defaults (`geneface train render`, `train all` and the API read it)."""
+
+
+def defaults_for(device) -> DeviceDefaults:
+    """`DEVICE_DEFAULTS` of a torch device (or a device type name)."""
+    kind = device if isinstance(device, str) else device.type
+    return DEVICE_DEFAULTS.get(kind, DEVICE_DEFAULTS["cuda"])
 
 
 def resolve_device(name: str = "auto"):

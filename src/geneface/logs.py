@@ -22,13 +22,25 @@ class _Format(logging.Formatter):
         return message
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a message comes (it may be replaced after setup)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(verbosity: int = 0) -> None:
     """Send geneface's log to stderr: -1 warnings only (--quiet), 0 notes too, 1 debug (--verbose)."""
     logger = logging.getLogger(ROOT)
     for handler in list(logger.handlers):
         if getattr(handler, "_geneface", False):
             logger.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     handler._geneface = True  # type: ignore[attr-defined]
     handler.setFormatter(_Format())
     logger.addHandler(handler)

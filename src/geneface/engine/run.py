@@ -151,7 +151,8 @@ class RunFolder:
 
 
 def differing_settings(saved: dict, requested: dict, ignore: Iterable[str] = ()) -> list[str]:
-    """Names of the settings whose values differ between two flat(ish) dicts (nested dicts as ``a.b``)."""
+    """Names of the settings whose values differ between two dicts (nested dicts as ``a.b``; ``ignore``d names
+    are skipped at every level)."""
     ignore = set(ignore)
     out: list[str] = []
     for key in sorted(set(saved) | set(requested)):
@@ -159,7 +160,7 @@ def differing_settings(saved: dict, requested: dict, ignore: Iterable[str] = ())
             continue
         a, b = saved.get(key), requested.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += [f"{key}.{k}" for k in differing_settings(a, b)]
+            out += [f"{key}.{k}" for k in differing_settings(a, b, ignore)]
         elif _normal(a) != _normal(b):
             out.append(key)
     return out

@@ -22,21 +22,24 @@ class Savable:
     """
 
     config_args: ClassVar[dict[str, type]] = {}
-    """Constructor argument -> config dataclass (the key is also the field name in `config_record`)."""
+    """Constructor argument -> config dataclass."""
+    record_keys: ClassVar[dict[str, str]] = {}
+    """Constructor argument -> its key in `config_record` where that differs from the argument's name."""
 
     def config_record(self) -> dict[str, Any]:
-        record = {arg: config_to_dict(getattr(self, arg)) for arg in self.config_args}
+        record = {self.record_keys.get(arg, arg): config_to_dict(getattr(self, arg)) for arg in self.config_args}
         return next(iter(record.values())) if len(record) == 1 else record
 
     @classmethod
     def from_config_record(cls: type[M], record: Any, where: str) -> M:
         """A new module from `config_record`'s output (``where`` names the file in messages)."""
-        if len(cls.config_args) == 1:
-            record = {next(iter(cls.config_args)): record}
-        missing = [arg for arg in cls.config_args if not isinstance(record, dict) or not isinstance(record.get(arg), dict)]
+        keys = {arg: cls.record_keys.get(arg, arg) for arg in cls.config_args}
+        if len(keys) == 1:
+            record = {next(iter(keys.values())): record}
+        missing = [key for key in keys.values() if not isinstance(record, dict) or not isinstance(record.get(key), dict)]
         if missing:
             raise InputError(f"{where}: no {', '.join(missing)} settings for {cls.__name__}")
-        return cls(**{arg: config_from_dict(kind, record[arg], where) for arg, kind in cls.config_args.items()})
+        return cls(**{arg: config_from_dict(cls.config_args[arg], record[key], where) for arg, key in keys.items()})
 
     def save(self, path: str | os.PathLike) -> None:
         """Weights and buffers as safetensors (atomically)."""

@@ -6,17 +6,28 @@ train all), and `--export DIR` saves the retrained model in the bundled form."""
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import shutil
 import time
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import load_file, save_file
 
+from .. import __version__
 from ..device import DEVICES
+from ..engine.run import differing_settings
 from ..errors import InputError
-from ..fileio import atomic_dir
+from ..fileio import atomic_dir, read_json, write_json
+from ..synth import SynthConfig, synthesize
 from .person import Person
+from .pipeline import InferConfig, infer
+from .train import TrainConfig, train_person
+
+log = logging.getLogger(__name__)
 
 DEMO_SIZE = 128
 """Frame size of the demo person (pixels)."""
@@ -61,12 +72,37 @@ def export_person(person: Path, dest: Path) -> None:
 
 def _write_half(src: Path, dest: Path) -> None:
     """Copy a safetensors file with its float32 tensors stored as float16 (those beyond its range stay)."""
-    from safetensors.numpy import load_file, save_file
-
     limit = np.finfo(EXPORT_DTYPE).max
     tensors = {k: v.astype(EXPORT_DTYPE) if v.dtype == np.float32 and np.abs(v).max(initial=0) < limit else v
                for k, v in load_file(src).items()}
     save_file(tensors, dest)
+
+
+def retrain(work: Path, config: TrainConfig, force: bool = False) -> Path:
+    """Make the demo's synthetic clip in ``work`` and train the person from it (resumable); returns the person
+    folder. ``work/demo.json`` records what the folder was made with: a folder made otherwise (other steps, an
+    older geneface) is an error, or is started again with ``force``."""
+    clip, person = work / "person.mp4", work / "person"
+    synth = SynthConfig(size=256)
+    record = {"geneface": __version__, "synth": asdict(synth),
+              "train": {k: v for k, v in asdict(config).items() if k not in ("device", "force")}}
+    record = json.loads(json.dumps(record, default=str))
+    made_path = work / "demo.json"
+    if work.exists() and any(work.iterdir()):
+        made = read_json(made_path) if made_path.exists() else {}
+        diff = differing_settings(made, record)
+        if diff:
+            if not force:
+                raise InputError(f"{work} holds a demo made with other settings ({', '.join(diff)}); add --force to "
+                                 f"start it again, or choose another --work")
+            log.warning(f"{work} holds a demo made with other settings ({', '.join(diff)}); starting again (--force)")
+            shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    write_json(made_path, record)
+    if not clip.exists():
+        synthesize(clip, config=synth)
+    train_person(clip, person, config)
+    return person
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -81,32 +117,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(src/geneface/assets/demo_person replaces the shipped one)")
     p.add_argument("--motion-steps", type=int, default=DEMO_MOTION_STEPS, help="with --retrain: audio2motion steps")
     p.add_argument("--render-steps", type=int, default=DEMO_RENDER_STEPS, help="with --retrain: renderer steps")
+    p.add_argument("--force", action="store_true",
+                   help="with --retrain: start again when --work holds a demo made with other settings")
     p.add_argument("--side-by-side", action="store_true", help="draw the predicted landmarks beside the video")
     p.add_argument("--device", choices=DEVICES, default="auto", help="compute device")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import main
-    from .pipeline import InferConfig, infer
-
     if args.export is not None and not args.retrain:
         raise InputError("--export saves a retrained model; add --retrain")
     start = time.perf_counter()
     if args.retrain:
-        clip, person = args.work / "person.mp4", args.work / "person"
-        args.work.mkdir(parents=True, exist_ok=True)
-        steps = [] if clip.exists() else [["synth", "--out", str(clip), "--size", "256"]]
-        steps.append(["train", "all", str(clip), "--out", str(person), "--size", str(DEMO_SIZE),
-                      "--motion-steps", str(args.motion_steps), "--render-steps", str(args.render_steps),
-                      "--device", args.device])
-        for argv in steps:
-            print(f"== geneface {' '.join(argv)}")
-            code = main(argv)
-            if code:
-                return code
+        config = TrainConfig(size=DEMO_SIZE, motion_steps=args.motion_steps, render_steps=args.render_steps,
+                             device=args.device)
+        person = retrain(args.work, config, force=args.force)
         if args.export is not None:
             export_person(person, args.export)
-            print(f"exported the demo model to {args.export}")
+            log.info(f"exported the demo model to {args.export}")
     else:
         person = bundled_person()
     args.out.parent.mkdir(parents=True, exist_ok=True)

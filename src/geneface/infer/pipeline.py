@@ -1,23 +1,32 @@
-"""Speech -> features -> motion -> stabilised landmarks -> rendered frames -> H.264 + AAC mp4."""
+"""Speech -> features -> motion -> stabilised landmarks -> rendered frames -> H.264 + AAC mp4.
+
+``PersonModel.load(person_dir).speak(audio, out)`` is the one inference path: `geneface infer`, the demo,
+evaluation and the web app all call it.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from .. import media
-from ..constants import CONTOURS_68
+from ..constants import AUDIO_RATE, CONTOURS_68
+from ..device import resolve_device
 from ..errors import InputError
 from ..fileio import read_npz
+from ..motion import MotionModel
+from ..motion.model import check_audio
+from ..render import PersonRenderer
 from .person import Person, project_landmarks
 from .stabilise import pose_track, stabilise
 
-MIN_AUDIO_SECONDS = 0.2
 
 
 @dataclass
@@ -46,75 +55,110 @@ class InferConfig:
     """Local model folder of the audio features (hubert); default: the one the person was trained with."""
 
 
-def load_pose(mode: str, person: Person, num_frames: int) -> np.ndarray:
-    """Cameras [T, 4, 4] for the ``--pose`` option."""
-    if mode in ("loop", "still"):
-        return pose_track(person.c2w, num_frames, mode)
-    path = Path(mode)
-    if not path.exists():
-        raise InputError(f"--pose must be loop, still or a .npz file; no such file: {path}")
-    try:
-        c2w = read_npz(path)["c2w"]
-    except (KeyError, ValueError, OSError):
-        raise InputError(f"pose file {path} must be an .npz with an array 'c2w' of shape [N, 4, 4]") from None
-    if c2w.ndim != 3 or c2w.shape[1:] != (4, 4) or len(c2w) == 0:
-        raise InputError(f"pose file {path}: 'c2w' has shape {list(c2w.shape)}, expected [N, 4, 4]")
-    return pose_track(c2w.astype(np.float32), num_frames, "loop")
+class PersonModel:
+    """A trained person, loaded once to speak many times: its folder (`Person`), motion model and renderer."""
 
+    def __init__(self, person: Person, motion: MotionModel, renderer: PersonRenderer) -> None:
+        if motion.feature_kind != person.feature_kind:
+            raise InputError(f"the motion model uses {motion.feature_kind!r} features but the person model says "
+                             f"{person.feature_kind!r}")
+        self.person = person
+        self.motion = motion
+        self.renderer = renderer
 
-def predict_landmarks(person: Person, audio: np.ndarray, config: InferConfig) -> np.ndarray:
-    """Stabilised offsets [T, 68, 3] for 16 kHz audio [N]."""
-    from ..motion import MotionModel
+    @classmethod
+    def load(cls, root: str | os.PathLike, device: str | torch.device = "auto") -> "PersonModel":
+        """Load a person model folder (from `train_person` / `geneface train all`) onto ``device``."""
+        person = Person(root)
+        dev = device if isinstance(device, torch.device) else resolve_device(device)
+        return cls(person, MotionModel.load(person.motion_dir, dev), PersonRenderer.load(person.render_dir, dev))
 
-    num_frames = int(round(len(audio) / media.AUDIO_RATE * person.fps))
-    model = MotionModel.load(person.motion_dir)
-    if model.feature_kind != person.feature_kind:
-        raise InputError(f"the motion model uses {model.feature_kind!r} features but the person model says "
-                         f"{person.feature_kind!r}")
-    offsets = model.predict_audio(audio, num_frames=num_frames, temperature=config.temperature, seed=config.seed,
-                                  model_path=config.feature_model or person.feature_model)
-    return stabilise(offsets, person.stats, smoothing=config.smoothing, mouth_scale=config.mouth_scale,
-                     blink=config.blink, fps=person.fps, seed=config.seed)
+    @property
+    def fps(self) -> float:
+        return self.person.fps
+
+    @property
+    def size(self) -> int:
+        """Side of the rendered frames in pixels."""
+        return self.renderer.size
+
+    # --- the steps ------------------------------------------------------------------------------------
+    def landmarks(self, audio: np.ndarray, config: InferConfig = InferConfig()) -> np.ndarray:
+        """Stabilised landmark offsets [T, 68, 3] for 16 kHz mono audio [N] (T frames at the person's fps)."""
+        num_frames = self.num_frames(audio)
+        offsets = self.motion.predict_audio(audio, num_frames=num_frames, temperature=config.temperature,
+                                            seed=config.seed,
+                                            model_path=config.feature_model or self.person.feature_model)
+        return stabilise(offsets, self.person.stats, smoothing=config.smoothing, mouth_scale=config.mouth_scale,
+                         blink=config.blink, fps=self.fps, seed=config.seed)
+
+    def num_frames(self, audio: np.ndarray) -> int:
+        return int(round(len(audio) / AUDIO_RATE * self.fps))
+
+    def poses(self, mode: str, num_frames: int) -> np.ndarray:
+        """Cameras [T, 4, 4] for the ``pose`` option: loop, still, or an .npz file with c2w [N, 4, 4]."""
+        if mode in ("loop", "still"):
+            return pose_track(self.person.c2w, num_frames, mode)
+        path = Path(mode)
+        if not path.exists():
+            raise InputError(f"--pose must be loop, still or a .npz file; no such file: {path}")
+        try:
+            c2w = read_npz(path)["c2w"]
+        except (KeyError, ValueError, OSError):
+            raise InputError(f"pose file {path} must be an .npz with an array 'c2w' of shape [N, 4, 4]") from None
+        if c2w.ndim != 3 or c2w.shape[1:] != (4, 4) or len(c2w) == 0:
+            raise InputError(f"pose file {path}: 'c2w' has shape {list(c2w.shape)}, expected [N, 4, 4]")
+        if not np.isfinite(c2w).all():
+            raise InputError(f"pose file {path}: 'c2w' holds NaN or infinite values")
+        return pose_track(c2w.astype(np.float32), num_frames, "loop")
+
+    def frames(self, offsets: np.ndarray, c2w: np.ndarray, config: InferConfig = InferConfig(),
+               progress: bool = False) -> Iterator[np.ndarray]:
+        """Rendered RGB frames [S, S, 3] uint8 (with the landmark panel beside each when
+        ``config.side_by_side``), one per row of offsets [T, 68, 3] and cameras c2w [T, 4, 4], ``config.batch``
+        at a time: a long clip never holds more than one batch."""
+        if config.batch < 1:
+            raise InputError(f"--batch must be at least 1, got {config.batch}")
+        points = (project_landmarks(offsets, c2w, self.person.intrinsics, self.person.stats)
+                  if config.side_by_side else None)
+        windows = PersonRenderer.windows(torch.from_numpy(offsets).float())  # [T, 5, 68, 3]
+        starts = range(0, len(offsets), config.batch)
+        for start in tqdm(starts, desc="render", unit="batch", disable=not progress):
+            idx = np.arange(start, min(start + config.batch, len(offsets)))
+            rgb = self.renderer.render(torch.from_numpy(c2w[idx]).float(), windows[idx]).rgb
+            for j, frame in zip(idx, (rgb.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)):
+                if points is not None:
+                    frame = np.hstack([frame, draw_landmarks(points[j], frame.shape[0])])
+                yield frame
+
+    # --- all of it ------------------------------------------------------------------------------------
+    def speak(self, audio: str | os.PathLike | np.ndarray, out: str | os.PathLike,
+              config: InferConfig = InferConfig(), progress: bool = True) -> Path:
+        """Render this person saying ``audio`` (a media file, or 16 kHz mono samples [N]) into the mp4 ``out``
+        (written atomically, with the audio muxed in); returns its path."""
+        # 1. check the inputs
+        out = Path(out)
+        if not out.parent.exists():
+            raise InputError(f"output folder does not exist: {out.parent}")
+        what = str(audio) if not isinstance(audio, np.ndarray) else "the audio"
+        samples = check_audio(media.read_audio(audio) if not isinstance(audio, np.ndarray) else audio, what)
+        num_frames = self.num_frames(samples)
+        c2w = self.poses(config.pose, num_frames)
+        # 2. audio -> landmarks -> frames -> video
+        offsets = self.landmarks(samples, config)
+        with media.VideoWriter(out, fps=self.fps, audio=samples) as writer:
+            for frame in self.frames(offsets, c2w, config, progress=progress):
+                writer.write(frame)
+        return out
 
 
 def infer(person_dir: str | os.PathLike, audio_path: str | os.PathLike, out: str | os.PathLike,
           config: InferConfig = InferConfig()) -> Path:
-    """Render ``person_dir`` saying ``audio_path`` into the mp4 ``out``; returns its path."""
-    # 1. check the inputs
+    """``PersonModel.load(person_dir, config.device).speak(audio_path, out, config)``: one call for one video."""
     out = Path(out)
-    if not out.parent.exists():
+    if not out.parent.exists():  # before loading anything
         raise InputError(f"output folder does not exist: {out.parent}")
-    person = Person(person_dir)
-    audio = media.read_audio(audio_path)
-    if len(audio) < MIN_AUDIO_SECONDS * media.AUDIO_RATE:
-        raise InputError(f"{audio_path} is too short ({len(audio) / media.AUDIO_RATE:.2f} s); give at least "
-                         f"{MIN_AUDIO_SECONDS} s of speech")
-    if np.sqrt(np.mean(audio ** 2)) < 1e-4:
-        raise InputError(f"{audio_path} is silent; give speech audio")
-    num_frames = int(round(len(audio) / media.AUDIO_RATE * person.fps))
-    c2w = load_pose(config.pose, person, num_frames)
-
-    # 2. audio -> landmarks
-    offsets = predict_landmarks(person, audio, config)
-
-    # 3. landmarks -> frames -> video
-    from ..render import PersonRenderer
-
-    renderer = PersonRenderer.load(person.render_dir, device=config.device)
-    points = project_landmarks(offsets, c2w, person.intrinsics, person.stats) if config.side_by_side else None
-    import torch
-
-    windows = PersonRenderer.windows(torch.from_numpy(offsets).float())  # [T, 5, 68, 3]
-    with media.VideoWriter(out, fps=person.fps, audio=audio) as writer:
-        for start in tqdm(range(0, num_frames, config.batch), desc="render", unit="batch"):
-            idx = np.arange(start, min(start + config.batch, num_frames))
-            rgb = renderer.render(torch.from_numpy(c2w[idx]).float(), windows[idx]).rgb
-            frames = (rgb.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
-            for j, frame in zip(idx, frames):
-                if points is not None:
-                    frame = np.hstack([frame, draw_landmarks(points[j], frame.shape[0])])
-                writer.write(frame)
-    return out
+    return PersonModel.load(person_dir, config.device).speak(audio_path, out, config)
 
 
 def draw_landmarks(points: np.ndarray, size: int) -> np.ndarray:

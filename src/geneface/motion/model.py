@@ -40,11 +40,12 @@ def check_audio(audio: np.ndarray, what: str = "audio") -> np.ndarray:
     """Mono float audio ``[N]`` that is long enough and not silent, else an :class:`InputError`."""
     audio = np.asarray(audio, dtype=np.float32).reshape(-1)
     if audio.size < AUDIO_RATE // 5:
-        raise InputError(f"{what} is empty or shorter than 0.2 s ({audio.size} samples)")
+        raise InputError(f"{what} is too short: shorter than 0.2 s ({audio.size / AUDIO_RATE:.2f} s); give at least "
+                         f"0.2 s of speech")
     if not np.isfinite(audio).all():
         raise InputError(f"{what} holds NaN or infinite samples")
     if float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))) < 1e-4:
-        raise InputError(f"{what} is silent; give speech to drive the face")
+        raise InputError(f"{what} is silent; give speech audio to drive the face")
     return audio
 
 

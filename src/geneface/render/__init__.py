@@ -4,9 +4,9 @@ composited over the static background (DESIGN.md step 7).
 ``geneface train render`` trains one (`train_render`); `PersonRenderer` renders frames for inference.
 """
 
-from .model import ModelConfig, PersonModel, RenderOutput
+from .model import ModelConfig, RenderModel, RenderOutput
 from .renderer import PersonRenderer
-from .train import RenderTrainConfig, RenderTrainer, TrainingError, train_render
+from .train import RenderTrainConfig, RenderTrainer, train_render
 
-__all__ = ["ModelConfig", "PersonModel", "PersonRenderer", "RenderOutput", "RenderTrainConfig", "RenderTrainer",
-           "TrainingError", "train_render"]
+__all__ = ["ModelConfig", "PersonRenderer", "RenderModel", "RenderOutput", "RenderTrainConfig", "RenderTrainer",
+           "train_render"]

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..engine.saveload import Savable
 from .fields import HeadField, LandmarkCondition, TorsoField
 from .occupancy import OccupancyGrid
 from .volume import distortion, image_rays, over, ray_box, render_weights
@@ -52,18 +53,7 @@ class ModelConfig:
     frame, the eyes from the frame alone, so blinks and lips are never shifted in time) or ``free`` (any
     learned weights; models saved before this option)."""
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown model options {sorted(unknown)}")
-        d = dict(d)
-        d.setdefault("window", "free")  # saved before the option existed: keep what they were trained with
-        for key in ("resolutions", "torso_resolutions"):
-            if key in d:
-                d[key] = tuple(d[key])
-        return cls(**d)
+    LEGACY = {"window": "free"}  # runs saved before the option existed keep what they were trained with
 
 
 @dataclass
@@ -128,8 +118,11 @@ class RayBatch:
     """[N] camera z-depth of the face surface (from the tracked mesh) where known, NaN elsewhere."""
 
 
-class PersonModel(nn.Module):
-    """Everything a run saves: build with a config and the person's geometry."""
+class RenderModel(Savable, nn.Module):
+    """Everything a render run saves: build with a config and the person's geometry."""
+
+    config_args = {"config": ModelConfig, "geometry": PersonGeometry}
+    record_keys = {"config": "model"}
 
     def __init__(self, config: ModelConfig, geometry: PersonGeometry) -> None:
         super().__init__()

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..device import resolve_device
+from ..engine import RunFolder, RunKind
 from ..errors import InputError
-from ..weights import load_weights, read_run_config
 from .fields import WINDOW
-from .model import PARTS, ModelConfig, PersonGeometry, PersonModel, RenderOutput
-from .train import RUN_FORMAT, RUN_VERSION, STATE_DIR
+from .model import PARTS, RenderModel, RenderOutput
+
+RUN_KIND = RunKind("geneface-render", 1, "renderer", "geneface train render")
+"""A render run folder::
+
+    RUN/config.json          format, version, model config, person geometry, training settings; written last
+    RUN/model.safetensors    all weights and buffers (background, occupancy grid, ...)
+    RUN/history.json         validation PSNR against step and time
+    RUN/val/*.png            validation frames: truth | render | error x4, one row per frame
+    RUN/train_log.jsonl      losses every few steps
+    RUN/train_state/         while training: weights + optimizer state + state.json, replaced atomically
+"""
 
 
 class PersonRenderer:
@@ -26,7 +35,7 @@ class PersonRenderer:
     the condition as in training.
     """
 
-    def __init__(self, model: PersonModel) -> None:
+    def __init__(self, model: RenderModel) -> None:
         self.model = model.eval().requires_grad_(False)
         self.device = model.K.device
 
@@ -43,15 +52,16 @@ class PersonRenderer:
     @classmethod
     def load(cls, run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> "PersonRenderer":
         """Load a finished run of `geneface train render` onto ``device`` (cpu, cuda, mps or auto)."""
-        run = Path(run_dir)
+        run = RunFolder(run_dir, RUN_KIND)
         dev = device if isinstance(device, torch.device) else resolve_device(device)
-        config = read_run_config(run, RUN_FORMAT, RUN_VERSION, "renderer", "geneface train render", STATE_DIR)
-        try:
-            model = PersonModel(ModelConfig.from_dict(config["model"]), PersonGeometry(**config["geometry"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise InputError(f"{run / 'config.json'} is corrupt ({type(e).__name__}: {e})") from None
-        load_weights(run / "model.safetensors", model)
+        config = run.read_config()
+        model = RenderModel.from_config_record(config, str(run.root / "config.json")).load(run.root / "model.safetensors")
         return cls(model.to(dev))
+
+    def save(self, run_dir: str | os.PathLike, **info) -> None:
+        """Write the folder `load` reads: the weights, then ``config.json`` (last) with the model's configs and
+        ``info`` (training settings, data)."""
+        write_run(self.model, run_dir, **info)
 
     @staticmethod
     def windows(landmarks: Tensor) -> Tensor:
@@ -92,3 +102,12 @@ class PersonRenderer:
         self.model.amp_dtype = torch.float16 if self.device.type == "cuda" else None
         return self.model.render_images(c2w.to(self.device, torch.float32), landmarks.to(self.device, torch.float32),
                                         size=size, parts=parts, chunk=chunk)
+
+
+def write_run(model: RenderModel, run_dir: str | os.PathLike, **info) -> None:
+    """`PersonRenderer.save` for a model still in training (left as it is)."""
+    run = RunFolder(run_dir, RUN_KIND)
+    run.root.mkdir(parents=True, exist_ok=True)
+    (run.root / "config.json").unlink(missing_ok=True)
+    model.save(run.root / "model.safetensors")
+    run.write_config({**model.config_record(), **info})

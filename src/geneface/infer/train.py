@@ -1,0 +1,180 @@
+"""Make a person model from one video: process it, train the audio2motion model (or adapt a pretrained prior
+with the postnet), then the head NeRF + torso; `train_person` is what `geneface train all` runs.
+
+Each stage resumes when run again. A stage that already finished is kept only if it was made with the
+settings asked for now; otherwise the run stops with the settings that differ, and ``force`` retrains it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from ..dataset import PersonDataset
+from ..device import defaults_for, resolve_device
+from ..engine import RunFolder
+from ..engine.run import differing_settings
+from ..errors import InputError
+from ..features import FEATURE_KINDS
+from ..motion.model import RUN_KIND as MOTION_RUN
+from ..motion.train import MotionTrainConfig, PostnetTrainConfig, train_motion, train_postnet
+from ..process.pipeline import ProcessConfig, process
+from ..render.model import ModelConfig
+from ..render.renderer import RUN_KIND as RENDER_RUN
+from ..render.train import RenderTrainConfig, resolve_config, train_render
+from ..weights import config_to_dict
+from .person import Person
+from .pipeline import PersonModel
+
+log = logging.getLogger(__name__)
+
+IGNORED = ("save_every", "log_every", "val_every", "val_frames", "world_size", "data", "corpus", "person", "init")
+"""Settings that do not change what a stage makes (cadences, where the data lay)."""
+
+
+@dataclass
+class TrainConfig:
+    """Settings of `geneface train all` (None: the device's default, `geneface.device.DEVICE_DEFAULTS`)."""
+
+    size: int | None = None
+    """Frame size of the dataset and the renderer (default: 512 on CUDA, 256 on MPS, 128 on the CPU)."""
+    features: str = "mel"
+    """Audio feature kind: mel, whisper or hubert."""
+    feature_model: Path | None = None
+    """Local model folder for --features hubert (a transformers HubertModel; recorded in the person model)."""
+    audio: Path | None = None
+    """Speech to use instead of the video's audio track."""
+    prior: Path | None = None
+    """A pretrained audio2motion run to adapt with the postnet instead of training from scratch."""
+    motion_preset: str | None = None
+    """Audio2motion model sizes of a new motion run: geneface, small or tiny (default: small on a CPU)."""
+    motion_steps: int | None = None
+    """Audio2motion training steps: SyncNet and generator each, or postnet (default: their configs')."""
+    render_steps: int | None = None
+    """Renderer training steps (default per device)."""
+    device: str = "auto"
+    """Compute device: auto, cpu, cuda or mps."""
+    force: bool = False
+    """Retrain every finished stage whose settings differ from these (else such a stage is an error)."""
+    motion: MotionTrainConfig = field(default_factory=MotionTrainConfig)
+    """Motion training settings (``motion_steps`` replaces its step counts)."""
+    postnet: PostnetTrainConfig = field(default_factory=PostnetTrainConfig)
+    """Postnet training settings, with ``prior`` (``motion_steps`` replaces its step count)."""
+    render: RenderTrainConfig = field(default_factory=RenderTrainConfig)
+    """Renderer training settings (its size defaults to ``size``; ``render_steps`` replaces its steps)."""
+
+    def __post_init__(self) -> None:
+        if self.features not in FEATURE_KINDS:
+            raise InputError(f"unknown feature kind {self.features!r}; choose from {', '.join(FEATURE_KINDS)}")
+        for name in ("size", "motion_steps", "render_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
+def train_person(video: str | os.PathLike, out: str | os.PathLike, config: TrainConfig = TrainConfig(),
+                 progress: bool = True) -> PersonModel:
+    """Process ``video`` into ``out/data`` and train ``out/motion`` and ``out/render``; returns the loaded model.
+
+    The layout of ``out`` is `geneface.infer.person`'s. Rerunning resumes; see the module docstring for
+    finished stages.
+    """
+    out = Path(out)
+    device = resolve_device(config.device)
+    defaults = defaults_for(device)
+    size = config.size or defaults.render_size
+    if config.prior is not None and config.motion_preset is not None:
+        raise InputError("--motion-preset sizes a new motion model; with --prior the prior's sizes are used")
+
+    # 1. the dataset
+    data = out / "data"
+    _check_dataset(data, size, config.force)
+    _stage("process", data)
+    process(video, data, ProcessConfig(size=size, audio=config.audio, features=(config.features,),
+                                       feature_model=config.feature_model))
+
+    # 2. motion: trained on the person, or a prior adapted with the postnet
+    motion_dir = out / "motion"
+    if config.prior is None:
+        preset = config.motion_preset or defaults.motion_preset
+        cfg = config.motion if config.motion_steps is None else \
+            replace(config.motion, steps=config.motion_steps, syncnet_steps=config.motion_steps)
+        wanted = {"training": config_to_dict(cfg), "preset": preset, "feature_kind": config.features,
+                  "postnet": None}
+        if _keep(RunFolder(motion_dir, MOTION_RUN), wanted, config.force, "train motion"):
+            train_motion([data], motion_dir, kind=config.features, preset_name=preset, config=cfg,
+                         device=config.device, progress=progress)
+    else:
+        cfg = config.postnet if config.motion_steps is None else replace(config.postnet, steps=config.motion_steps)
+        wanted = {"postnet_training": config_to_dict(cfg), "feature_kind": config.features,
+                  "init": str(config.prior)}
+        if _keep(RunFolder(motion_dir, MOTION_RUN), wanted, config.force, "train postnet"):
+            prior_kind = RunFolder(config.prior, MOTION_RUN).read_config().get("feature_kind")
+            if prior_kind != config.features:
+                raise InputError(f"--prior {config.prior} was trained on {prior_kind!r} features, not "
+                                 f"{config.features!r}; give --features {prior_kind}")
+            train_postnet(data, config.prior, motion_dir, config=cfg, device=config.device, progress=progress)
+
+    # 3. renderer
+    render_dir = out / "render"
+    rcfg = replace(config.render, size=config.render.size or size, steps=config.render_steps or config.render.steps)
+    resolutions_given = rcfg.model.resolutions != ModelConfig().resolutions
+    resolved = resolve_config(device, PersonDataset(data).size, rcfg, resolutions_given)
+    settings = asdict(resolved)
+    wanted = {"model": settings.pop("model"), "train": settings}
+    if _keep(RunFolder(render_dir, RENDER_RUN), wanted, config.force, "train render"):
+        train_render(data, render_dir, rcfg, device=device, progress=progress)
+
+    # 4. the person model
+    Person.write(out, PersonDataset(data), feature_kind=config.features, feature_model=config.feature_model)
+    model = PersonModel.load(out, device)
+    log.info(f"person model written to {out}; render speech with: geneface infer --person {out} --audio SPEECH "
+             f"--out OUT.mp4")
+    return model
+
+
+def _stage(name: str, folder: Path) -> None:
+    log.info(f"== {name}: {folder}")
+
+
+def _keep(run: RunFolder, wanted: dict, force: bool, command: str) -> bool:
+    """Whether stage ``run`` must (still) be trained: False for a finished run made with ``wanted`` (a subset
+    of its config.json); a finished or interrupted run made otherwise is an error, or removed with ``force``."""
+    if run.finished:
+        made = run.read_config()
+        diff = differing_settings({k: made.get(k) for k in wanted}, wanted, IGNORED)
+        if not diff:
+            log.info(f"== {run.root} is already trained; skipping `geneface {command}`")
+            return False
+        if not force:
+            raise InputError(f"{run.root} was trained with other settings ({', '.join(diff)}); add --force to "
+                             f"train it again, or choose another --out")
+        log.warning(f"{run.root} was trained with other settings ({', '.join(diff)}); training it again (--force)")
+        shutil.rmtree(run.root)
+    elif run.state_dir.exists() and force:
+        state = run.read_state() or {}
+        saved = state.get("train", state.get("run", {}).get("train", {}))
+        requested = wanted.get("training", wanted.get("postnet_training", wanted.get("train", {})))
+        if differing_settings(saved, requested, IGNORED):
+            log.warning(f"{run.root} holds an interrupted run with other settings; starting it again (--force)")
+            shutil.rmtree(run.root)
+    _stage(command, run.root)
+    return True
+
+
+def _check_dataset(data: Path, size: int, force: bool) -> None:
+    """A processed dataset of another size cannot be resumed: an error, or removed with ``force``."""
+    meta = data / "meta.json"
+    if not meta.exists():
+        return
+    made = PersonDataset(data).size
+    if made == size:
+        return
+    if not force:
+        raise InputError(f"{data} was processed at --size {made}, not {size}; add --force to process the video "
+                         f"again, or choose another --out")
+    log.warning(f"{data} was processed at --size {made}; processing again at {size} (--force)")
+    shutil.rmtree(data)
