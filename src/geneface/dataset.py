@@ -11,6 +11,7 @@ import numpy as np
 
 from .errors import InputError
 from .fileio import read_json, read_npz
+from .media import read_audio
 
 FORMAT = "geneface-dataset"
 VERSION = 1
@@ -91,8 +92,7 @@ class PersonDataset:
         return read_npz(path)["features"]
 
     def audio(self) -> np.ndarray:
-        from .media import read_audio
-
+        """The clip's 16 kHz mono audio [N] float32."""
         return read_audio(self.root / "audio.wav")
 
     # --- images ---------------------------------------------------------------------------------

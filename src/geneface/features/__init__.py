@@ -24,6 +24,9 @@ import numpy as np
 from ..errors import InputError, MissingModelError
 from ..constants import AUDIO_RATE, FEATURE_RATE
 from .base import FeatureExtractor, frames_for_audio
+from .hubert import HubertExtractor
+from .mel import MelExtractor
+from .whisper import WhisperExtractor
 
 FEATURE_KINDS = ("mel", "whisper", "hubert")
 """Every feature kind, in order of preference for tests (mel needs no weights)."""
@@ -41,16 +44,10 @@ def get_extractor(kind: str, model_path: str | os.PathLike | None = None, device
     kind's package or model is missing.
     """
     if kind == "mel":
-        from .mel import MelExtractor
-
         return MelExtractor()
     if kind == "whisper":
-        from .whisper import WhisperExtractor
-
         return WhisperExtractor(model_path, device=device)
     if kind == "hubert":
-        from .hubert import HubertExtractor
-
         return HubertExtractor(model_path, device=device)
     raise InputError(f"unknown feature kind {kind!r}; choose from {', '.join(FEATURE_KINDS)}")
 

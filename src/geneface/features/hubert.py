@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..device import resolve_device
 from ..errors import InputError, MissingModelError
 from ..constants import AUDIO_RATE, HOP
 from .base import FeatureExtractor, windowed
@@ -58,8 +59,6 @@ class HubertExtractor(FeatureExtractor):
             from transformers import HubertModel
         except ImportError:
             raise MissingModelError(f"hubert features need transformers: `{INSTALL_HINT}`") from None
-        from ..device import resolve_device
-
         self.device = resolve_device(device)
         try:
             model = HubertModel.from_pretrained(str(path), local_files_only=True)

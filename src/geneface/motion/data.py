@@ -16,7 +16,10 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 import torch
 
+from ..dataset import PersonDataset
 from ..errors import InputError
+from ..features import extract_features
+from ..features.mel import ENERGY_COLUMN, F0_COLUMN, F0_SPAN, LOG_FLOOR, f0_hz, mel_centres
 
 
 @dataclass
@@ -229,8 +232,6 @@ class VoiceAugment:
     def __call__(self, features: np.ndarray, pitch: np.ndarray, rng: np.random.Generator
                  ) -> tuple[np.ndarray, np.ndarray]:
         """Augmented copies of ``mel`` features ``[2W, 83]`` and f0 ``[2W]`` (Hz)."""
-        from ..features.mel import ENERGY_COLUMN, F0_COLUMN, F0_SPAN, LOG_FLOOR
-
         feats = features.copy()
         n_mels = F0_COLUMN
         centres = _mel_centres()
@@ -253,8 +254,6 @@ class VoiceAugment:
 
 @lru_cache(maxsize=1)
 def _mel_centres() -> np.ndarray:
-    from ..features.mel import mel_centres
-
     return np.asarray(mel_centres(), dtype=np.float64)
 
 
@@ -304,15 +303,11 @@ def spread(groups: dict[str, list], count: int) -> list:
 
 def pitch_from_mel(features: np.ndarray) -> np.ndarray:
     """f0 ``[2T]`` in Hz (0 where unvoiced) from ``mel`` features ``[2T, 83]``."""
-    from ..features.mel import f0_hz
-
     return f0_hz(features).astype(np.float32)
 
 
 def pitch_from_audio(audio: np.ndarray, num_frames: int | None = None) -> np.ndarray:
     """f0 ``[2T]`` in Hz from 16 kHz audio, through the weight-free ``mel`` extractor."""
-    from ..features import extract_features
-
     return pitch_from_mel(extract_features("mel", audio, num_frames=num_frames))
 
 
@@ -338,8 +333,6 @@ def find_datasets(paths: Sequence[str | os.PathLike]) -> list[Path]:
 def load_dataset_clips(root: Path, kind: str, splits: Sequence[str] = ("train",),
                        min_frames: int = 8) -> list[MotionClip]:
     """The given splits of one processed dataset as clips (splits shorter than ``min_frames`` are skipped)."""
-    from ..dataset import PersonDataset
-
     ds = PersonDataset(root)
     feats = ds.features(kind)
     offsets = np.asarray(ds.motion["offsets"], dtype=np.float32)

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ..engine.saveload import Savable
 from .fields import HeadField, LandmarkCondition, TorsoField
 from .occupancy import OccupancyGrid
-from .volume import distortion, image_rays, over, ray_box, render_weights
+from .volume import distortion, image_rays, over, pixel_rays, ray_box, render_weights
 
 PARTS = ("full", "person", "head")
 
@@ -455,6 +455,4 @@ class RenderModel(Savable, nn.Module):
 
 
 def _batch_rays(batch: RayBatch, K: Tensor) -> tuple[Tensor, Tensor]:
-    from .volume import pixel_rays
-
     return pixel_rays(batch.c2w[batch.ray_frame], K, batch.u, batch.v)
