@@ -21,6 +21,9 @@ SIZE = 128
 SECONDS = 3.0
 AMPLITUDE = (5.0, 4.0, 3.0)
 SILENCE = (1.0, 2.0)  # seconds of the test audio zeroed out
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
+                                  reason="espeak-ng is not on PATH (text-to-speech; `make` installs the Debian "
+                                         "package espeak-ng)")
 
 
 def _test_audio() -> np.ndarray:
@@ -217,7 +220,7 @@ def test_cli_audio_file(tmp_path, capsys):
     assert "25 frames" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+@needs_espeak
 def test_speak_text():
     audio = speak("Hello there.")
     assert audio.dtype == np.float32 and 0.5 < len(audio) / AUDIO_RATE < 3
@@ -230,3 +233,69 @@ def test_default_face_and_speech():
     speech = default_speech()
     assert speech.dtype == np.float32 and speech.ndim == 1
     assert 8 <= len(speech) / AUDIO_RATE <= 12
+
+
+def _truth(video) -> dict:
+    with np.load(video.with_name(video.stem + ".truth.npz"), allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+@needs_espeak
+def test_cli_text(tmp_path, capsys):
+    out = tmp_path / "text.mp4"
+    text = "Who would have thought it? We see the moon."
+    assert main(["synth", "--text", text, "--out", str(out), "--size", str(SIZE), "--quiet"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    spoken = speak(text)  # the CLI's voice and speed
+    truth = _truth(out)
+    seconds = len(spoken) / AUDIO_RATE
+    assert abs(len(truth["mouth_open"]) / 25 - seconds) <= 1 / 25
+    audio = read_audio(out)
+    assert abs(len(audio) / AUDIO_RATE - seconds) < 0.05
+    # the mouth opens while the text is spoken and is closed in the silence espeak-ng leaves around it
+    frame = AUDIO_RATE // 25
+    rms = np.sqrt([np.mean(spoken[k * frame:(k + 1) * frame] ** 2) for k in range(len(truth["mouth_open"]))])
+    assert truth["mouth_open"].max() > 0.1
+    assert np.corrcoef(truth["mouth_open"], rms)[0, 1] > 0.5
+
+
+def test_cli_head_amplitude_and_seed(tmp_path):
+    wav = tmp_path / "speech.flac"
+    write_audio(wav, default_speech()[: 2 * AUDIO_RATE])
+    small = (2.0, 1.0, 0.5)
+    base = ["synth", "--audio", str(wav), "--size", "96", "--quiet"]
+    assert main(base + ["--out", str(tmp_path / "a.mp4"), "--head-amplitude", *map(str, small)]) == 0
+    assert main(base + ["--out", str(tmp_path / "b.mp4"), "--head-amplitude", "12", "8", "6"]) == 0
+    assert main(base + ["--out", str(tmp_path / "c.mp4"), "--head-amplitude", *map(str, small), "--seed", "5"]) == 0
+    a, b, c = (_truth(tmp_path / f"{k}.mp4")["euler"] for k in "abc")
+    for euler, amplitude in ((a, small), (b, (12, 8, 6)), (c, small)):
+        assert (np.abs(euler) <= np.array(amplitude) + 1e-4).all()
+        assert (np.abs(euler).max(0) > 0.2 * np.array(amplitude)).all()  # each axis moves
+    assert np.abs(b).max(0)[0] > 2 * small[0]
+    assert not np.allclose(a, c)  # another seed, another motion
+
+
+def test_cli_no_phones_drives_the_lips_spectrally(tmp_path, monkeypatch):
+    from geneface.synth import speech
+
+    audio = default_speech()[: AUDIO_RATE]
+    wav = tmp_path / "speech.flac"
+    write_audio(wav, audio)
+    calls = []
+    real = speech.recognize_phones
+    monkeypatch.setattr(speech, "recognize_phones", lambda a: calls.append(len(a)) or real(a))
+    base = ["synth", "--audio", str(wav), "--size", "96", "--quiet"]
+    assert main(base + ["--out", str(tmp_path / "spectral.mp4"), "--no-phones"]) == 0
+    assert calls == []  # the phone recogniser is not even asked
+    spectral = _truth(tmp_path / "spectral.mp4")
+    assert main(base + ["--out", str(tmp_path / "phones.mp4")]) == 0
+    assert len(calls) == 1
+    phones = _truth(tmp_path / "phones.mp4")
+    # the CLI's clip is the library's spectral one, which differs from the phone-driven one where pocketsphinx
+    # is installed (without it, both are spectral)
+    expected = prepare(audio=read_audio(wav), config=SynthConfig(size=96, use_phones=False, progress=False))
+    np.testing.assert_allclose(spectral["jaw_open"], expected.jaw_open, atol=1e-6)
+    np.testing.assert_allclose(spectral["lip_width"], expected.lip_width, atol=1e-6)
+    if real(read_audio(wav)) is not None:
+        assert not np.allclose(spectral["lip_width"], phones["lip_width"], atol=1e-2)
+    assert spectral["mouth_open"].max() > 0.1
