@@ -13,7 +13,7 @@ ROOT = Path(geneface.__file__).parent
 LAYERS = [  # the ground floor is four: shared numbers and errors, files, media and weights, LPIPS
     {"constants", "errors", "logs"},
     {"fileio", "device"},
-    {"weights", "media", "face"},
+    {"weights", "media", "face", "cliopts"},  # cliopts: config dataclasses as command-line options
     {"lpips"},
     {"engine", "features", "dataset", "corpusdata"},  # training engine, audio features, data formats
     {"process", "motion", "render", "synth"},  # the stages

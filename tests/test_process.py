@@ -322,7 +322,8 @@ def test_large_and_portrait_frames(tmp_path, synthetic_clip, capsys, shape):
 def test_fps_other_than_25_is_refused(tmp_path, synthetic_clip, capsys):
     code = main(["process", str(synthetic_clip[0]), "--out", str(tmp_path / "o"), "--fps", "30"])
     err = capsys.readouterr().err
-    assert code == 2 and "--fps 30: datasets are always 25 fps" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "--fps must be 25, got 30: datasets are always 25 fps" in err
+    assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
 
 

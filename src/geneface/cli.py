@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import typing
 
 from . import __version__
+from .cliopts import HelpFormatter
 from .errors import GeneFaceError
 from .logs import setup_logging
 
-# (name, module, one-line help). Each module defines `add_arguments(parser)` and `run(args) -> int | None`.
+# (name, module, one-line help). Each module defines `add_arguments(parser)` and `run(args) -> int | None`;
+# its settings are options made from its config dataclass (`geneface.cliopts`), and `run` builds that config
+# first, so that a bad value is refused before any file is read or written.
 # A name with a space ("train render") is a subcommand of a group ("train").
 COMMANDS = [
     ("synth", "geneface.synth.cli", "make a synthetic talking-head video from a face photo and speech"),
@@ -29,8 +33,15 @@ COMMANDS = [
 GROUP_HELP = {"train": "train models", "corpus": "work with multi-speaker corpora"}
 
 
+class Parser(argparse.ArgumentParser):
+    """A parser whose usage errors are one line, like every other error: ``error: ...``, exit status 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="geneface",
         description="Audio-driven 3D talking-face synthesis: learn a person from a video, then make "
                     "them say any speech.")
@@ -57,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                 groups[group] = gp.add_subparsers(dest=f"{group}_command", metavar="COMMAND", required=True)
             target = groups[group]
         p = target.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(),
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              formatter_class=HelpFormatter)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser

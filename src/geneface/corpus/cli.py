@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
+from ..cliopts import MAX_WORKERS, add_config_options, check_config, config_from_args, opt
 from ..corpusdata import Corpus
-from ..motion.cliutil import field_docs
 from .prepare import PrepareConfig, parse_shard, prepare_corpus
 
 
@@ -25,34 +26,36 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
+@dataclass
+class RunOptions:
+    """How one `geneface corpus prepare` run works (not recorded in corpus.json: a rerun may change them)."""
+
+    workers: int = opt(default_factory=_cpus, min=1, max=MAX_WORKERS)
+    """Worker processes on this machine (by default one per CPU core)."""
+    shard: str | None = opt(None, metavar="I/N")
+    """Prepare only shard I of N (clips split by a hash of their path); default: the torchrun RANK/WORLD_SIZE,
+    else all clips."""
+    retry_failed: bool = False
+    """Prepare again the clips an earlier run recorded as failed (skipped ones stay skipped)."""
+
+    def __post_init__(self) -> None:
+        check_config(self)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    docs = {k: v.rstrip(".") for k, v in field_docs(PrepareConfig).items()}
-    d = PrepareConfig()
     p.add_argument("root", type=Path, metavar="ROOT", help="folder of clips, one subfolder per speaker")
     p.add_argument("--out", type=Path, required=True, help="corpus folder to write (or resume)")
-    p.add_argument("--workers", type=int, default=_cpus(), help="worker processes on this machine")
-    p.add_argument("--shard", default=None, metavar="I/N",
-                   help="prepare only shard I of N (clips split by a hash of their path); default: the torchrun "
-                        "RANK/WORLD_SIZE, else all clips")
-    p.add_argument("--features", default="mel",
-                   help="audio feature kinds to compute, comma-separated (mel, whisper, hubert)")
-    p.add_argument("--feature-model", type=Path, default=None, help=docs["feature_model"])
-    for name in ("speaker_depth", "track_size", "max_missing", "min_seconds", "max_seconds", "min_loudness_range"):
-        default = getattr(d, name)
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default, help=docs[name])
-    p.add_argument("--retry-failed", action="store_true",
-                   help="prepare again the clips an earlier run recorded as failed (skipped ones stay skipped)")
+    add_config_options(p, PrepareConfig)
+    add_config_options(p, RunOptions)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    config = PrepareConfig(features=tuple(k.strip() for k in args.features.split(",") if k.strip()),
-                           feature_model=args.feature_model, speaker_depth=args.speaker_depth,
-                           track_size=args.track_size, max_missing=args.max_missing, min_seconds=args.min_seconds,
-                           max_seconds=args.max_seconds, min_loudness_range=args.min_loudness_range)
-    shard = parse_shard(args.shard)
-    s = prepare_corpus(args.root, args.out, config, workers=args.workers, shard=shard,
-                       retry_failed=args.retry_failed, progress=not args.quiet)
+    config = config_from_args(PrepareConfig, args)
+    options = config_from_args(RunOptions, args)
+    shard = parse_shard(options.shard)
+    s = prepare_corpus(args.root, args.out, config, workers=options.workers, shard=shard,
+                       retry_failed=options.retry_failed, progress=not args.quiet)
     p = s["prepared"]
     n = sum(p.values())
     rate = f", {60 * n / s['seconds']:.1f} clips/min, {s['frames'] / s['seconds']:.1f} frames/s" if n else ""

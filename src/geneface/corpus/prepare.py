@@ -33,6 +33,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .. import media
+from ..cliopts import MAX_SIZE, check_config, opt, same_as
 from ..constants import FPS
 from ..corpusdata import (PACK_DIR, ManifestWriter, PackWriter, is_corpus, latest_records, manifest_path,
                           read_corpus_meta, read_manifest, shard_tag, write_corpus_meta)
@@ -55,47 +56,39 @@ class PrepareConfig:
     """Options of `geneface corpus prepare` that decide what a clip's arrays are (kept in corpus.json: a
     rerun into the same folder must use the same ones)."""
 
-    features: tuple[str, ...] = ("mel",)
-    """Audio feature kinds to compute (mel, whisper, hubert)."""
+    features: tuple[str, ...] = opt(("mel",), choices=FEATURE_KINDS, metavar="KIND")
+    """Audio feature kinds to compute (mel, whisper, hubert; space or comma separated)."""
     feature_model: Path | None = None
     """Model folder for the whisper or hubert features (whisper defaults to the installed package)."""
-    track_size: int = 256
+    track_size: int = opt(256, min=64, max=MAX_SIZE, multiple_of=2)
     """Side of the square face crop the mesh is tracked on, in pixels."""
-    crop_scale: float = ProcessConfig.crop_scale
+    crop_scale: float = same_as(ProcessConfig, "crop_scale")
     """Side of the square crop over the detected face-box width (as `geneface process`)."""
-    focal_scale: float = ProcessConfig.focal_scale
+    focal_scale: float = same_as(ProcessConfig, "focal_scale")
     """Focal length of the assumed pinhole camera, as a multiple of the crop side (as `geneface process`)."""
-    pose_smoothing: float = ProcessConfig.pose_smoothing
+    pose_smoothing: float = same_as(ProcessConfig, "pose_smoothing")
     """Gaussian smoothing of the head pose in time, sigma in frames (as `geneface process`)."""
-    max_missing: float = 0.2
+    max_missing: float = opt(0.2, min=0.0, below=1.0)
     """Largest fraction of frames without a face; clips with more are skipped."""
-    min_seconds: float = 1.0
+    min_seconds: float = opt(1.0, above=0.0, max=86_400.0)
     """Shorter clips are skipped."""
-    max_seconds: float = 300.0
+    max_seconds: float = opt(300.0, above=0.0, max=86_400.0)
     """Longer clips are skipped."""
-    min_loudness_range: float = 12.0
+    min_loudness_range: float = opt(12.0, min=0.0, max=200.0)
     """Clips whose loudness (25 ms windows) varies less than this many dB between quiet and loud parts hold
     no speech (steady noise, a tone) and are skipped; silent clips are always skipped."""
-    speaker_depth: int = 1
+    speaker_depth: int = opt(1, min=0, max=100)
     """Folder levels below ROOT that name the speaker (1: ROOT/SPEAKER/.../clip.mp4)."""
 
     def __post_init__(self) -> None:
         self.features = tuple(self.features)
+        check_config(self)
         if not self.features:
             raise InputError("--features is empty; name at least one kind (mel, whisper, hubert)")
-        for kind in self.features:
-            if kind not in FEATURE_KINDS:
-                raise InputError(f"unknown feature kind {kind!r}; choose from {', '.join(FEATURE_KINDS)}")
         if len(set(self.features)) != len(self.features):
             raise InputError(f"--features names a kind twice: {','.join(self.features)}")
-        if self.track_size < 64 or self.track_size % 2:
-            raise InputError(f"--track-size must be even and at least 64, got {self.track_size}")
-        if not 0 <= self.max_missing < 1:
-            raise InputError(f"--max-missing must be in [0, 1), got {self.max_missing}")
-        if not 0 < self.min_seconds <= self.max_seconds:
-            raise InputError(f"need 0 < --min-seconds <= --max-seconds, got {self.min_seconds}, {self.max_seconds}")
-        if self.speaker_depth < 0:
-            raise InputError(f"--speaker-depth must be 0 or more, got {self.speaker_depth}")
+        if not self.min_seconds <= self.max_seconds:
+            raise InputError(f"need --min-seconds <= --max-seconds, got {self.min_seconds:g}, {self.max_seconds:g}")
 
     def settings(self) -> dict:
         """What a clip's arrays depend on, for corpus.json (the model path only by name)."""

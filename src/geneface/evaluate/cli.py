@@ -9,36 +9,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..device import DEVICES
+from ..cliopts import add_config_options, config_from_args
 from .report import EvalConfig, evaluate
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    d = EvalConfig()
     p.add_argument("--person", type=Path, required=True,
                    help="person model folder with its data/ (from `geneface train all`)")
     p.add_argument("--audio", type=Path, nargs="+", action="extend", default=[],
                    help="speech the model never saw, for the sync measures (any common audio format; repeatable)")
     p.add_argument("--out", type=Path, default=None, help="report folder; PERSON/eval when not given")
-    p.add_argument("--frames", type=_positive, default=d.frames,
-                   help="evaluate at most this many validation frames (the first ones); all when not given")
-    p.add_argument("--temperature", type=float, default=d.temperature,
-                   help="motion sampling temperature, as `geneface infer`")
-    p.add_argument("--seed", type=int, default=d.seed, help="random seed of the motion sample")
-    p.add_argument("--batch", type=_positive, default=d.batch, help="frames rendered at once")
-    p.add_argument("--device", default=d.device, choices=list(DEVICES), help="compute device")
+    add_config_options(p, EvalConfig, exclude=("progress",))
 
 
 def run(args: argparse.Namespace) -> int:
-    config = EvalConfig(frames=args.frames, temperature=args.temperature, seed=args.seed, batch=args.batch,
-                        device=args.device)
+    config = config_from_args(EvalConfig, args)
     out = args.out if args.out is not None else args.person / "eval"
     report = evaluate(args.person, args.audio, out, config)
     v = report["validation"]

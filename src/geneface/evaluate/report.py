@@ -59,6 +59,8 @@ import cv2
 import numpy as np
 
 from .. import media
+from ..cliopts import MAX_SEED, check_config, opt
+from ..device import DEVICES
 from ..errors import InputError
 from ..constants import MOUTH_68
 from ..fileio import atomic_path, write_json
@@ -82,20 +84,23 @@ NO_SYNCNET = ("no pretrained SyncNet exists in any registry package; lip sync is
 class EvalConfig:
     """Options of `geneface evaluate`."""
 
-    frames: int | None = None
-    """Evaluate at most this many validation frames (the first ones; None = all)."""
-    temperature: float = 0.5
+    frames: int | None = opt(None, min=1, max=10_000_000)
+    """Evaluate at most this many validation frames (the first ones; all by default)."""
+    temperature: float = opt(0.5, min=0.0, max=10.0)
     """Motion sampling temperature (as `geneface infer`)."""
-    seed: int = 0
+    seed: int = opt(0, min=0, max=MAX_SEED)
     """Random seed of the motion sample."""
-    smoothing: float = 1.0
+    smoothing: float = opt(1.0, min=0.0, max=100.0)
     """Temporal smoothing of the predicted landmarks (Gaussian sigma in frames; as `geneface infer`)."""
-    batch: int = 4
+    batch: int = opt(4, min=1, max=1024)
     """Frames rendered at once."""
-    device: str = "auto"
-    """auto, cpu, cuda or mps."""
+    device: str = opt("auto", choices=DEVICES)
+    """Compute device."""
     progress: bool = True
     """Show progress bars."""
+
+    def __post_init__(self) -> None:
+        check_config(self)
 
 
 @dataclass

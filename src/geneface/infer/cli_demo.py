@@ -10,7 +10,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from .. import __version__
+from ..cliopts import MAX_STEPS, add_config_options, check_config, config_from_args, opt
 from ..device import DEVICES
 from ..engine.run import differing_settings
 from ..errors import InputError
@@ -105,38 +106,53 @@ def retrain(work: Path, config: TrainConfig, force: bool = False) -> Path:
     return person
 
 
+@dataclass
+class DemoConfig:
+    """Options of `geneface demo` (its paths, --out, --work and --export, aside)."""
+
+    retrain: bool = False
+    """Make the synthetic clip and train the person from it (about 15-25 minutes on 2 CPU cores) instead of using
+    the bundled model."""
+    motion_steps: int = opt(DEMO_MOTION_STEPS, min=1, max=MAX_STEPS)
+    """With --retrain: SyncNet and generator steps (the small motion preset)."""
+    render_steps: int = opt(DEMO_RENDER_STEPS, min=1, max=MAX_STEPS)
+    """With --retrain: renderer steps."""
+    force: bool = False
+    """With --retrain: start again when --work holds a demo made with other settings."""
+    side_by_side: bool = False
+    """Draw the predicted landmarks beside the video."""
+    device: str = opt("auto", choices=DEVICES)
+    """Compute device."""
+
+    def __post_init__(self) -> None:
+        check_config(self)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("demo/output.mp4"), help="video to write (its folder is created)")
-    p.add_argument("--retrain", action="store_true",
-                   help="make the synthetic clip and train the person from it (about 15-25 minutes on 2 CPU "
-                        "cores) instead of using the bundled model")
     p.add_argument("--work", type=Path, default=Path("demo/work"),
                    help="with --retrain: folder for the synthetic clip and the new person model (a rerun resumes)")
     p.add_argument("--export", type=Path, default=None,
                    help="with --retrain: also save the new model in the bundled form to this folder "
                         "(src/geneface/assets/demo_person replaces the shipped one)")
-    p.add_argument("--motion-steps", type=int, default=DEMO_MOTION_STEPS, help="with --retrain: audio2motion steps")
-    p.add_argument("--render-steps", type=int, default=DEMO_RENDER_STEPS, help="with --retrain: renderer steps")
-    p.add_argument("--force", action="store_true",
-                   help="with --retrain: start again when --work holds a demo made with other settings")
-    p.add_argument("--side-by-side", action="store_true", help="draw the predicted landmarks beside the video")
-    p.add_argument("--device", choices=DEVICES, default="auto", help="compute device")
+    add_config_options(p, DemoConfig)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.export is not None and not args.retrain:
+    demo = config_from_args(DemoConfig, args)
+    if args.export is not None and not demo.retrain:
         raise InputError("--export saves a retrained model; add --retrain")
     start = time.perf_counter()
-    if args.retrain:
-        config = TrainConfig(size=DEMO_SIZE, motion_steps=args.motion_steps, render_steps=args.render_steps,
-                             device=args.device)
-        person = retrain(args.work, config, force=args.force)
+    if demo.retrain:
+        config = TrainConfig(size=DEMO_SIZE, motion_steps=demo.motion_steps, render_steps=demo.render_steps,
+                             device=demo.device)
+        person = retrain(args.work, config, force=demo.force)
         if args.export is not None:
             export_person(person, args.export)
             log.info(f"exported the demo model to {args.export}")
     else:
         person = bundled_person()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    out = infer(person, bundled_speech(), args.out, InferConfig(side_by_side=args.side_by_side, device=args.device))
+    out = infer(person, bundled_speech(), args.out, InferConfig(side_by_side=demo.side_by_side, device=demo.device))
     print(f"wrote {out} in {time.perf_counter() - start:.0f} s")
     return 0

@@ -17,8 +17,9 @@ import torch
 from tqdm import tqdm
 
 from .. import media
+from ..cliopts import MAX_SEED, check_config, opt
 from ..constants import AUDIO_RATE, CONTOURS_68
-from ..device import resolve_device
+from ..device import DEVICES, resolve_device
 from ..errors import InputError
 from ..fileio import read_npz
 from ..motion import MotionModel
@@ -28,31 +29,33 @@ from .person import Person, project_landmarks
 from .stabilise import pose_track, stabilise
 
 
-
 @dataclass
 class InferConfig:
     """Options of `geneface infer`."""
 
-    temperature: float = 0.5
+    temperature: float = opt(0.5, min=0.0, max=10.0)
     """Sampling temperature of the motion generator (0 = its mean, higher = livelier)."""
-    seed: int = 0
+    seed: int = opt(0, min=0, max=MAX_SEED)
     """Random seed of the motion sample and the blinks."""
     pose: str = "loop"
     """Head pose track: loop (training poses forward and back), still, or a .npz file with c2w [N,4,4]."""
-    blink: str = "auto"
+    blink: str = opt("auto", choices=("auto", "off"))
     """auto: blinks every 2-6 s; off: eyes held open."""
-    mouth_scale: float = 1.0
-    """Scale of the predicted mouth motion."""
-    smoothing: float = 1.0
+    mouth_scale: float = opt(1.0, min=0.0, max=10.0)
+    """Scale of the predicted mouth motion (above 1 exaggerates articulation)."""
+    smoothing: float = opt(1.0, min=0.0, max=100.0)
     """Temporal smoothing of the landmarks (Gaussian sigma in frames, 0 = off)."""
     side_by_side: bool = False
     """Draw the predicted landmarks in a panel beside each frame."""
-    batch: int = 4
+    batch: int = opt(4, min=1, max=1024)
     """Frames rendered at once."""
-    device: str = "auto"
-    """auto, cpu, cuda or mps."""
-    feature_model: str | None = None
+    device: str = opt("auto", choices=DEVICES)
+    """Compute device."""
+    feature_model: str | None = opt(None, metavar="PATH")
     """Local model folder of the audio features (hubert); default: the one the person was trained with."""
+
+    def __post_init__(self) -> None:
+        check_config(self)
 
 
 class PersonModel:
@@ -117,9 +120,7 @@ class PersonModel:
         """Rendered RGB frames [S, S, 3] uint8 (with the landmark panel beside each when
         ``config.side_by_side``), one per row of offsets [T, 68, 3] and cameras c2w [T, 4, 4], ``config.batch``
         at a time: a long clip never holds more than one batch."""
-        if config.batch < 1:
-            raise InputError(f"--batch must be at least 1, got {config.batch}")
-        points = (project_landmarks(offsets, c2w, self.person.intrinsics, self.person.stats)
+        points = (project_landmarks(offsets, c2w, self.renderer.intrinsics, self.person.stats)  # renderer's size
                   if config.side_by_side else None)
         windows = PersonRenderer.windows(torch.from_numpy(offsets).float())  # [T, 5, 68, 3]
         starts = range(0, len(offsets), config.batch)

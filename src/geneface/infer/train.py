@@ -13,13 +13,15 @@ import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from ..cliopts import MAX_SIZE, MAX_STEPS, check_config, opt
 from ..dataset import PersonDataset
-from ..device import defaults_for, resolve_device
+from ..device import DEVICES, defaults_for, resolve_device
 from ..engine import RunFolder
 from ..engine.run import differing_settings
 from ..errors import InputError
 from ..features import FEATURE_KINDS
 from ..motion.model import RUN_KIND as MOTION_RUN
+from ..motion.presets import PRESETS
 from ..motion.train import MotionTrainConfig, PostnetTrainConfig, train_motion, train_postnet
 from ..process.pipeline import ProcessConfig, process
 from ..render.model import ModelConfig
@@ -39,24 +41,24 @@ IGNORED = ("save_every", "log_every", "val_every", "val_frames", "world_size", "
 class TrainConfig:
     """Settings of `geneface train all` (None: the device's default, `geneface.device.DEVICE_DEFAULTS`)."""
 
-    size: int | None = None
-    """Frame size of the dataset and the renderer (default: 512 on CUDA, 256 on MPS, 128 on the CPU)."""
-    features: str = "mel"
-    """Audio feature kind: mel, whisper or hubert."""
+    size: int | None = opt(None, min=32, max=MAX_SIZE, multiple_of=2)
+    """Frame size of the dataset and the renderer (default: the device's)."""
+    features: str = opt("mel", choices=FEATURE_KINDS)
+    """Audio feature kind."""
     feature_model: Path | None = None
     """Local model folder for --features hubert (a transformers HubertModel; recorded in the person model)."""
     audio: Path | None = None
     """Speech to use instead of the video's audio track."""
     prior: Path | None = None
     """A pretrained audio2motion run to adapt with the postnet instead of training from scratch."""
-    motion_preset: str | None = None
-    """Audio2motion model sizes of a new motion run: geneface, small or tiny (default: small on a CPU)."""
-    motion_steps: int | None = None
+    motion_preset: str | None = opt(None, choices=tuple(PRESETS))
+    """Audio2motion model sizes of a new motion run (default: the device's)."""
+    motion_steps: int | None = opt(None, min=1, max=MAX_STEPS)
     """Audio2motion training steps: SyncNet and generator each, or postnet (default: their configs')."""
-    render_steps: int | None = None
-    """Renderer training steps (default per device)."""
-    device: str = "auto"
-    """Compute device: auto, cpu, cuda or mps."""
+    render_steps: int | None = opt(None, min=1, max=MAX_STEPS)
+    """Renderer training steps (default: the device's)."""
+    device: str = opt("auto", choices=DEVICES)
+    """Compute device."""
     force: bool = False
     """Retrain every finished stage whose settings differ from these (else such a stage is an error)."""
     motion: MotionTrainConfig = field(default_factory=MotionTrainConfig)
@@ -67,12 +69,7 @@ class TrainConfig:
     """Renderer training settings (its size defaults to ``size``; ``render_steps`` replaces its steps)."""
 
     def __post_init__(self) -> None:
-        if self.features not in FEATURE_KINDS:
-            raise InputError(f"unknown feature kind {self.features!r}; choose from {', '.join(FEATURE_KINDS)}")
-        for name in ("size", "motion_steps", "render_steps"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        check_config(self)
 
 
 def train_person(video: str | os.PathLike, out: str | os.PathLike, config: TrainConfig = TrainConfig(),

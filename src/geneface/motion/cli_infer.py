@@ -7,13 +7,38 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..cliopts import MAX_SEED, add_config_options, check_config, config_from_args, opt
 from ..constants import AUDIO_RATE
 from ..device import DEVICES
 from ..errors import InputError
+from ..fileio import atomic_path, read_npz, write_npz
+from ..media import read_audio
+from .data import mouth_opening
+from .model import MotionModel
+
+
+@dataclass
+class PredictConfig:
+    """Options of `geneface motion` (its paths aside)."""
+
+    temperature: float = opt(1.0, min=0.0, max=10.0)
+    """Sampling temperature: 0 = the most likely motion, higher = livelier."""
+    seed: int = opt(0, min=0, max=MAX_SEED)
+    """Random seed of the motion sample."""
+    postnet: bool = True
+    """Apply the run's postnet (when it has one)."""
+    feature_model: Path | None = None
+    """Model folder for whisper or hubert features."""
+    device: str = opt("cpu", choices=DEVICES)
+    """Where to run the model."""
+
+    def __post_init__(self) -> None:
+        check_config(self)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,18 +48,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", type=Path, default=None, help="also draw the mouth opening over time into this PNG")
     p.add_argument("--truth", type=Path, default=None,
                    help="an .npz with the true `mouth_open` [T] per frame, drawn and correlated with the prediction")
-    p.add_argument("--temperature", type=float, default=1.0,
-                   help="sampling temperature: 0 = the most likely motion, higher = livelier")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the motion sample")
-    p.add_argument("--no-postnet", action="store_true", help="skip the run's postnet (when it has one)")
-    p.add_argument("--feature-model", type=Path, default=None, help="model folder for whisper or hubert features")
-    p.add_argument("--device", choices=DEVICES, default="cpu", help="where to run the model")
+    add_config_options(p, PredictConfig)
 
 
 def read_truth(path: Path, num_frames: int) -> np.ndarray:
     """The ``mouth_open`` [T] of a truth file, checked against the prediction's length."""
-    from ..fileio import read_npz
-
     if not path.exists():
         raise InputError(f"no such truth file: {path}")
     try:
@@ -57,8 +75,6 @@ def plot_mouth(path: Path, pred: np.ndarray, truth: np.ndarray | None, fps: floa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..fileio import atomic_path
-
     t = np.arange(len(pred)) / fps
     fig, ax = plt.subplots(figsize=(10, 3.2), dpi=100)
     if truth is not None:
@@ -80,23 +96,19 @@ def plot_mouth(path: Path, pred: np.ndarray, truth: np.ndarray | None, fps: floa
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..fileio import write_npz
-    from ..media import read_audio
-    from .data import mouth_opening
-    from .model import MotionModel
-
+    config = config_from_args(PredictConfig, args)
     if args.out.suffix != ".npz":
         raise InputError(f"--out must be an .npz file, got {args.out}")
-    model = MotionModel.load(args.model, device=args.device)
+    model = MotionModel.load(args.model, device=config.device)
     if not args.audio.exists():
         raise InputError(f"no such audio file: {args.audio}")
     audio = read_audio(args.audio)
     start = time.perf_counter()
-    features, pitch = model.features_for_audio(audio, model_path=args.feature_model)
+    features, pitch = model.features_for_audio(audio, model_path=config.feature_model)
     feature_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    offsets = model.predict(features, pitch, temperature=args.temperature, seed=args.seed,
-                            postnet=not args.no_postnet)
+    offsets = model.predict(features, pitch, temperature=config.temperature, seed=config.seed,
+                            postnet=config.postnet)
     model_seconds = time.perf_counter() - start
     num_frames = offsets.shape[0]
     mouth = mouth_opening(offsets)

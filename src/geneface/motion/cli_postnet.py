@@ -9,32 +9,27 @@ import argparse
 import os
 from pathlib import Path
 
+from ..cliopts import add_config_options, config_from_args
 from ..device import DEVICES
-from .cliutil import add_config_options, config_from_args
-
-TRAIN_OPTIONS = ["steps", "batch_size", "window", "lr", "disc_lr", "temperature", "save_every", "log_every", "seed"]
+from ..engine import close_distributed
+from .train import PostnetTrainConfig, train_postnet
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .train import PostnetTrainConfig
-
     p.add_argument("--person", type=Path, required=True, help="the person's processed dataset folder")
     p.add_argument("--init", type=Path, required=True, help="the pretrained motion run to adapt")
     p.add_argument("--out", type=Path, required=True, help="run folder to write (or resume)")
     p.add_argument("--audio", type=Path, nargs="+", default=None,
                    help="processed clips or prepared corpora of other speakers whose audio also drives the "
                         "adversarial and SyncNet terms (default: the person's own audio only)")
-    add_config_options(p, PostnetTrainConfig, TRAIN_OPTIONS)
+    add_config_options(p, PostnetTrainConfig)
     p.add_argument("--device", choices=DEVICES, default="auto", help="where to train")
     p.add_argument("--tensorboard", action="store_true",
                    help="also write TensorBoard scalars to RUN/tensorboard (needs the tensorboard package)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine import close_distributed
-    from .train import PostnetTrainConfig, train_postnet
-
-    config = config_from_args(PostnetTrainConfig, args, TRAIN_OPTIONS)
+    config = config_from_args(PostnetTrainConfig, args)
     try:
         metrics = train_postnet(args.person, args.init, args.out, audio=args.audio, config=config,
                                 device=args.device, tensorboard=args.tensorboard)

@@ -10,17 +10,14 @@ import argparse
 import os
 from pathlib import Path
 
+from ..cliopts import add_config_options, config_from_args
 from ..device import DEVICES
-from .cliutil import add_config_options, config_from_args
+from ..engine import close_distributed
 from .presets import PRESETS
-
-TRAIN_OPTIONS = ["steps", "syncnet_steps", "batch_size", "window", "lr", "syncnet_lr", "sync_min_auc",
-                 "val_speakers", "save_every", "log_every", "seed"]
+from .train import MotionTrainConfig, train_motion
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .train import MotionTrainConfig
-
     p.add_argument("--data", type=Path, nargs="+", required=True,
                    help="processed dataset folders, folders holding processed clips below them, or prepared "
                         "corpora (`geneface corpus prepare`)")
@@ -31,17 +28,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "mel, or a kind every corpus has)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="geneface",
                    help="model sizes of a new run: geneface (the original's), small (faster on a CPU), tiny (tests)")
-    add_config_options(p, MotionTrainConfig, TRAIN_OPTIONS)
+    add_config_options(p, MotionTrainConfig)
     p.add_argument("--device", choices=DEVICES, default="auto", help="where to train")
     p.add_argument("--tensorboard", action="store_true",
                    help="also write TensorBoard scalars to RUN/tensorboard (needs the tensorboard package)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine import close_distributed
-    from .train import MotionTrainConfig, train_motion
-
-    config = config_from_args(MotionTrainConfig, args, TRAIN_OPTIONS)
+    config = config_from_args(MotionTrainConfig, args)
     try:
         metrics = train_motion(args.data, args.out, init=args.init, kind=args.features, preset_name=args.preset,
                                config=config, device=args.device, tensorboard=args.tensorboard)

@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..cliopts import MAX_SEED, MAX_STEPS, check_config, opt
 from ..corpusdata import is_corpus
 from ..engine import Dist, LossCall, RunFolder, Trainer, init_distributed
 from ..errors import InputError
@@ -43,51 +44,50 @@ RESUMABLE_CHANGES = ("save_every", "log_every")
 class StepConfig:
     """Settings shared by the motion trainers."""
 
-    batch_size: int = 16
+    batch_size: int = opt(16, min=1, max=4096)
     """Windows per step and process."""
-    window: int = 64
+    window: int = opt(64, min=16, max=4096, multiple_of=4)
     """Video frames per training window (a multiple of 4)."""
-    clip_grad: float = 1.0
+    clip_grad: float = opt(1.0, above=0.0, max=1e6)
     """Gradient norm clipping."""
-    save_every: int = 500
+    save_every: int = opt(500, min=1, max=MAX_STEPS)
     """Steps between checkpoints."""
-    log_every: int = 10
+    log_every: int = opt(10, min=1, max=MAX_STEPS)
     """Steps between log lines (train_log.jsonl, TensorBoard, progress bar)."""
-    seed: int = 9999
+    seed: int = opt(9999, min=0, max=MAX_SEED)
     """Random seed (each process adds its rank)."""
 
     def __post_init__(self) -> None:
-        if self.window < 16 or self.window % 4:
-            raise InputError(f"--window must be a multiple of 4 and at least 16 frames, got {self.window}")
+        check_config(self)
 
 
 @dataclass
 class MotionTrainConfig(StepConfig):
     """Settings of `geneface train motion`."""
 
-    syncnet_steps: int = 4000
+    syncnet_steps: int = opt(4000, min=0, max=MAX_STEPS)
     """SyncNet training steps (with --init, further steps on the new data; 0 keeps it as it is)."""
-    steps: int = 8000
+    steps: int = opt(8000, min=1, max=MAX_STEPS)
     """Generator training steps."""
-    lr: float = 5e-4
+    lr: float = opt(5e-4, above=0.0, max=1.0)
     """Peak learning rate of the generator (Adam)."""
-    syncnet_lr: float = 5e-4
+    syncnet_lr: float = opt(5e-4, above=0.0, max=1.0)
     """Peak learning rate of the SyncNet (Adam, cosine decay)."""
-    warmup: int = 200
+    warmup: int = opt(200, min=0, max=MAX_STEPS)
     """Linear warm-up steps of the generator's learning rate."""
-    syncnet_pairs: int = 512
+    syncnet_pairs: int = opt(512, min=1, max=1_000_000)
     """Audio/mouth pairs per SyncNet step and process."""
-    sync_min_auc: float = 0.75
+    sync_min_auc: float = opt(0.75, min=0.0, max=1.0)
     """The generator's SyncNet loss is used only if the SyncNet separates in-sync from shifted windows at least
     this well (ROC AUC), measured on the held-out ends of the training clips (see ``sync_holdout``)."""
-    sync_holdout: float = 0.1
+    sync_holdout: float = opt(0.1, min=0.0, max=0.5)
     """Share of the end of every training clip that the SyncNet does not train on, to measure that AUC (the
     generator still trains on it; the validation split is only reported, never used to decide)."""
     augment: bool = True
     """Random voice changes (spectral warp, pitch, loudness) of the training windows; ``mel`` features only."""
-    sync_start: float = 0.25
+    sync_start: float = opt(0.25, min=0.0, max=1.0)
     """Fraction of the generator steps after which the SyncNet loss switches on."""
-    val_speakers: float = 0.05
+    val_speakers: float = opt(0.05, min=0.0, max=1.0)
     """Fraction of a prepared corpus's speakers held out for validation (at least one of two or more; chosen
     by a hash of their names, so every run agrees); person folders keep their own validation split."""
 
@@ -96,13 +96,13 @@ class MotionTrainConfig(StepConfig):
 class PostnetTrainConfig(StepConfig):
     """Settings of `geneface train postnet`."""
 
-    steps: int = 2000
+    steps: int = opt(2000, min=1, max=MAX_STEPS)
     """Postnet training steps."""
-    lr: float = 3e-4
+    lr: float = opt(3e-4, above=0.0, max=1.0)
     """Learning rate of the postnet (RMSprop; the original used 1e-4 for 12000 steps)."""
-    disc_lr: float = 3e-4
+    disc_lr: float = opt(3e-4, above=0.0, max=1.0)
     """Learning rate of the discriminator (RMSprop)."""
-    temperature: float = 1.0
+    temperature: float = opt(1.0, min=0.0, max=10.0)
     """Sampling temperature of the generator whose output the postnet refines."""
 
 

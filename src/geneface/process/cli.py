@@ -6,39 +6,38 @@ after the last finished step. The folder's format is described in docs/dataset-f
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
+from ..cliopts import add_config_options, check_config, config_from_args, opt
 from ..constants import FEATURE_RATE, FPS
-from ..errors import InputError
 from .pipeline import ProcessConfig, process
 
 
+@dataclass
+class CommandOptions:
+    """Options of `geneface process` that are no setting of `ProcessConfig`."""
+
+    fps: float = opt(float(FPS), min=FPS, max=FPS,
+                     why=f"datasets are always {FPS} fps, since the audio features give two rows per frame at "
+                         f"{FEATURE_RATE} Hz; every video is resampled to {FPS} fps, so leave --fps out")
+    """Frame rate of the dataset: always 25 (the audio features give two rows per frame at 50 Hz); every video
+    is resampled to it, other values are refused."""
+
+    def __post_init__(self) -> None:
+        check_config(self)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    d = ProcessConfig()
     p.add_argument("video", type=Path, help="video of one person talking (mp4, mov, mkv, webm, ...)")
     p.add_argument("--out", type=Path, required=True, help="dataset folder to create (or resume)")
-    p.add_argument("--size", type=int, default=d.size, help="side of the square output frames in pixels")
-    p.add_argument("--fps", type=float, default=FPS,
-                   help=f"frame rate of the dataset: always {FPS} (the audio features give two rows per frame at "
-                        f"{FEATURE_RATE} Hz), every video is resampled to it; other values are refused")
-    p.add_argument("--audio", type=Path, default=None,
-                   help="speech to use instead of the video's own audio track (wav, mp3, flac, m4a, ...)")
-    p.add_argument("--features", default=",".join(d.features),
-                   help="audio feature kinds, comma separated: mel, whisper, hubert")
-    p.add_argument("--feature-model", type=Path, default=None,
-                   help="model folder for whisper or hubert features")
-    p.add_argument("--pose-smoothing", type=float, default=d.pose_smoothing,
-                   help="temporal smoothing of the head pose (Gaussian sigma in frames, 0 = off)")
+    add_config_options(p, ProcessConfig)
+    add_config_options(p, CommandOptions)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.fps != FPS:
-        raise InputError(f"--fps {args.fps:g}: datasets are always {FPS} fps, since the audio features give two "
-                         f"rows per frame at {FEATURE_RATE} Hz; every video is resampled to {FPS} fps, so leave "
-                         f"--fps out")
-    config = ProcessConfig(size=args.size, audio=args.audio,
-                           features=tuple(k.strip() for k in args.features.split(",") if k.strip()),
-                           feature_model=args.feature_model, pose_smoothing=args.pose_smoothing)
+    config_from_args(CommandOptions, args)
+    config = config_from_args(ProcessConfig, args)
     process(args.video, args.out, config)
     print(f"dataset written to {args.out}")
     return 0

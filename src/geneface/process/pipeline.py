@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import face, media
+from ..cliopts import MAX_SIZE, check_config, opt
 from ..constants import AUDIO_RATE, FEATURE_RATE, FPS
 from ..dataset import FORMAT, VERSION
 from ..errors import InputError, NoFaceError
@@ -55,28 +56,32 @@ DETECT_SIDE = 640
 class ProcessConfig:
     """Options of `geneface process` (the dataset is always at 25 fps: `geneface.constants.FPS`)."""
 
-    size: int = 512
+    size: int = opt(512, min=32, max=MAX_SIZE, multiple_of=2)
     """Side of the square output frames, in pixels."""
     audio: Path | None = None
     """Audio file to use instead of the video's own track."""
-    features: tuple[str, ...] = ("mel",)
-    """Audio feature kinds to compute (mel, whisper, hubert)."""
+    features: tuple[str, ...] = opt(("mel",), choices=FEATURE_KINDS, metavar="KIND")
+    """Audio feature kinds to compute (mel, whisper, hubert; space or comma separated)."""
     feature_model: Path | None = None
     """Model folder for the whisper or hubert features (whisper defaults to the installed package)."""
-    focal_scale: float = 1.5
+    focal_scale: float = opt(1.5, min=0.1, max=100.0)
     """Focal length of the assumed pinhole camera, as a multiple of ``size``."""
-    crop_scale: float = 2.6
+    crop_scale: float = opt(2.6, min=1.0, max=10.0)
     """Side of the square crop over the detected face-box width."""
-    pose_smoothing: float = 1.5
+    pose_smoothing: float = opt(1.5, min=0.0, max=100.0)
     """Gaussian smoothing of the head pose in time, sigma in frames (0 = off)."""
-    max_missing: float = 0.5
+    max_missing: float = opt(0.5, min=0.0, max=1.0)
     """Largest fraction of frames without a face before processing stops."""
-    val_fraction: float = 1 / 11
+    val_fraction: float = opt(1 / 11, above=0.0, max=0.5)
     """The last part of the clip kept for validation."""
-    background_frames: int = 150
+    background_frames: int = opt(150, min=1, max=100_000)
     """Frames sampled evenly over the training split to estimate the static background."""
-    track_side: int = 256
+    track_side: int = opt(256, min=32, max=MAX_SIZE)
     """Smallest frame side at which the face mesh is tracked (smaller outputs are tracked upscaled)."""
+
+    def __post_init__(self) -> None:
+        self.features = tuple(self.features)
+        check_config(self)
 
 
 class SourceTooSmallError(InputError):
@@ -330,7 +335,6 @@ def track_clip(video: str | Path, config: ProcessConfig = ProcessConfig(), progr
     ``progress``: show per-stage progress bars.
     """
     video = Path(video)
-    _check_config(config)
     check_source(video, config.audio)
     found = detect_face(video, config, progress)
     t = found.num_frames
@@ -453,7 +457,6 @@ STEPS: list[tuple[str, Callable[[Context], None], Callable[[Context], list[Path]
 def process(video: str | Path, out: str | Path, config: ProcessConfig = ProcessConfig()) -> dict:
     """Run (or resume) every step; returns the summary also stored in ``meta.json``."""
     video, out = Path(video), Path(out)
-    _check_config(config)
     info = check_source(video, config.audio)
     key = {"source_sha256": _sha256(video), "size": config.size, "fps": float(FPS),
            "focal_scale": config.focal_scale, "crop_scale": config.crop_scale,
@@ -482,14 +485,6 @@ def process(video: str | Path, out: str | Path, config: ProcessConfig = ProcessC
         _write_meta(ctx, info, key, summary)
     _log_summary(summary)
     return summary
-
-
-def _check_config(config: ProcessConfig) -> None:
-    if config.size < 32 or config.size % 2:
-        raise InputError(f"--size must be an even number of at least 32, got {config.size}")
-    for kind in config.features:
-        if kind not in FEATURE_KINDS:
-            raise InputError(f"unknown feature kind {kind!r}; choose from {', '.join(FEATURE_KINDS)}")
 
 
 def _log_notes(notes: list[str]) -> None:

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..cliopts import MAX_SEED, MAX_SIZE, MAX_STEPS, check_config, opt
 from ..dataset import PersonDataset
 from ..device import defaults_for as device_defaults
 from ..engine import Callback, RunFolder, Trainer
@@ -40,62 +41,65 @@ RESUMABLE_CHANGES = ("save_every", "val_every", "val_frames")
 class RenderTrainConfig:
     """Settings of `geneface train render` (None: the device's default, see `geneface.device.DEVICE_DEFAULTS`)."""
 
-    size: int | None = None
-    """Training frame side in pixels (at most the dataset's)."""
-    steps: int | None = None
-    """Training steps of both phases together."""
-    torso_fraction: float = 0.4
+    size: int | None = opt(None, min=16, max=MAX_SIZE)
+    """Training frame side in pixels, at most the dataset's (default: the device's)."""
+    steps: int | None = opt(None, min=1, max=MAX_STEPS)
+    """Training steps of both phases together (default: the device's)."""
+    torso_fraction: float = opt(0.4, min=0.0, below=1.0)
     """Share of the steps spent on the torso phase (the head phase comes first)."""
-    frames_per_step: int = 8
+    frames_per_step: int = opt(8, min=1, max=1024)
     """Frames whose pixels make up one step's rays."""
-    rays_per_frame: int | None = None
-    """Rays per frame and step."""
-    torso_rays_factor: int = 4
+    rays_per_frame: int | None = opt(None, min=1, max=MAX_SIZE * MAX_SIZE, flag="rays")
+    """Rays per frame and step (default: the device's)."""
+    torso_rays_factor: int = opt(4, min=1, max=64)
     """The torso phase's steps have this many times more rays (they are much cheaper)."""
-    lr: float = 2e-2
+    lr: float = opt(2e-2, above=0.0, max=10.0)
     """Learning rate of the feature planes (the MLPs use a tenth), decayed exponentially."""
-    lr_decay: float = 0.1
+    lr_decay: float = opt(0.1, above=0.0, max=1.0)
     """Learning-rate factor reached at the end of each phase."""
-    lip_fraction: float = 0.25
+    lip_fraction: float = opt(0.25, min=0.0, max=1.0)
     """Share of the head rays drawn from the mouth box (lip emphasis)."""
-    eye_fraction: float = 0.0
+    eye_fraction: float = opt(0.0, min=0.0, max=1.0)
     """Share of every frame's head rays drawn from the eyes' box (the rays that matter for blinks are
     those of the few blink frames: see the next two)."""
-    blink_eye_fraction: float = 0.25
+    blink_eye_fraction: float = opt(0.25, min=0.0, max=1.0)
     """Extra share of a frame's head rays drawn from the eyes' box, times how far its eye opening is from
     the person's usual one (`RenderData.eye_rarity`, 1 at a full blink): blinks are rare and last a frame
     or two, so closed eyes get few rays otherwise."""
-    blink_frame_boost: float = 4.0
+    blink_frame_boost: float = opt(4.0, min=0.0, max=1000.0)
     """Head-phase frames are drawn with weight 1 + this times the same eye rarity, so that blink frames come
     up more often (0: uniformly)."""
-    alpha_weight: float = 0.05
+    alpha_weight: float = opt(0.05, min=0.0, max=1000.0)
     """Weight of the head-alpha-vs-head-label loss (head phase)."""
-    distortion_weight: float = 1e-2
+    distortion_weight: float = opt(1e-2, min=0.0, max=1000.0)
     """Weight of the distortion loss that gathers each ray's weights into a thin surface (sharper and
     faster to render)."""
-    depth_weight: float = 0.02
+    depth_weight: float = opt(0.02, min=0.0, max=1000.0)
     """Weight of the loss that pulls the head's surface to the tracked mesh's depth."""
-    depth_fraction: float = 0.1
+    depth_fraction: float = opt(0.1, min=0.0, max=1.0)
     """Share of the head rays that pass through tracked mesh vertices (for that loss)."""
-    torso_alpha_weight: float = 0.02
+    torso_alpha_weight: float = opt(0.02, min=0.0, max=1000.0)
     """Weight of the torso-alpha-vs-torso-label loss (torso phase)."""
-    perceptual_weight: float = 0.01
+    perceptual_weight: float = opt(0.01, min=0.0, max=1000.0)
     """Weight of the LPIPS loss on mouth patches, used only where LPIPS weights are installed
     (`geneface.lpips`; it adds about 2% to a head step on the CPU)."""
-    occupancy_every: int = 16
+    occupancy_every: int = opt(16, min=1, max=MAX_STEPS)
     """Steps between occupancy-grid updates (head phase)."""
-    val_every: int = 250
+    val_every: int = opt(250, min=1, max=MAX_STEPS)
     """Steps between validations (PSNR on validation frames, a PNG)."""
-    val_frames: int = 4
+    val_frames: int = opt(4, min=1, max=10_000)
     """Validation frames rendered each time."""
-    save_every: float = 120.0
+    save_every: float = opt(120.0, min=0.0, max=1e7)
     """Seconds between checkpoints."""
-    seed: int = 0
+    seed: int = opt(0, min=0, max=MAX_SEED)
     """Random seed."""
     amp: bool = True
     """Mixed precision on CUDA."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """Model sizes (resolutions follow ``size`` unless given)."""
+
+    def __post_init__(self) -> None:
+        check_config(self)
 
 
 def resolve_config(device: torch.device, data_size: int, config: RenderTrainConfig,
@@ -125,10 +129,6 @@ class RenderTrainer:
         resolutions_given = config.model.resolutions != ModelConfig().resolutions
         self.config = resolve_config(self.device, data_size, config, resolutions_given)
         c = self.config
-        if c.steps is not None and c.steps < 1:
-            raise InputError(f"--steps must be at least 1, got {c.steps}")
-        if not 0 <= c.torso_fraction < 1:
-            raise InputError(f"torso_fraction must be in [0, 1), got {c.torso_fraction}")
         self.data = RenderData(data_dir, c.size, self.device, progress=progress)
         self.phase_steps = {"head": c.steps - int(round(c.steps * c.torso_fraction)),
                             "torso": int(round(c.steps * c.torso_fraction))}

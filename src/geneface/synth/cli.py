@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cliopts import add_config_options, config_from_args
 from ..media import read_audio
 from .generator import SynthConfig, synthesize
 from .photo import load_face
@@ -24,28 +25,20 @@ from .speech import speak
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--face", metavar="PHOTO", type=Path, default=None,
-                        help="a photo with one clear, roughly frontal face; None: the bundled astronaut photo")
+                        help="a photo with one clear, roughly frontal face (default: the bundled astronaut photo)")
     speech = parser.add_mutually_exclusive_group()
     speech.add_argument("--audio", metavar="SPEECH", type=Path, default=None,
-                        help="speech in any audio or video format; None: the bundled English clip")
+                        help="speech in any audio or video format (default: the bundled English clip)")
     speech.add_argument("--text", default=None,
                         help="speak this text with espeak-ng instead of --audio (needs espeak-ng installed)")
     parser.add_argument("--out", metavar="VIDEO.mp4", type=Path, required=True,
                         help="output video; the ground truth goes to VIDEO.truth.npz beside it")
-    parser.add_argument("--size", type=int, default=256, help="side of the square frames in pixels (even)")
-    parser.add_argument("--seconds", type=float, default=None,
-                        help="length of the video; None: the speech's length (longer repeats the speech, "
-                             "shorter cuts it)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the head motion and blinks")
-    parser.add_argument("--fps", type=float, default=25.0, help="frame rate")
-    parser.add_argument("--head-amplitude", type=float, nargs=3, default=(6.0, 4.0, 3.0),
-                        metavar=("YAW", "PITCH", "ROLL"), help="largest head rotation about each axis, degrees")
-    parser.add_argument("--no-phones", action="store_true",
-                        help="drive the lips by spectral features even when pocketsphinx is installed")
+    add_config_options(parser, SynthConfig, exclude=("progress",))
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
+    config = config_from_args(SynthConfig, args, progress=not args.quiet)
     start = time.perf_counter()
     face = load_face(args.face) if args.face is not None else None
     if args.text is not None:
@@ -54,9 +47,6 @@ def run(args: argparse.Namespace) -> int:
         audio = read_audio(args.audio)
     else:
         audio = None
-    config = SynthConfig(size=args.size, seconds=args.seconds, fps=args.fps, seed=args.seed,
-                         head_amplitude=tuple(args.head_amplitude), use_phones=not args.no_phones,
-                         progress=not args.quiet)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         truth = synthesize(args.out, face=face, audio=audio, config=config)
@@ -64,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {w.message}", file=sys.stderr)
     with np.load(truth) as t:
         frames = len(t["mouth_open"])
-    seconds = frames / args.fps
-    print(f"wrote {args.out} ({frames} frames, {seconds:.2f} s, {args.size}x{args.size}) and {truth} "
+    seconds = frames / config.fps
+    print(f"wrote {args.out} ({frames} frames, {seconds:.2f} s, {config.size}x{config.size}) and {truth} "
           f"in {time.perf_counter() - start:.1f} s")
     return 0

@@ -3,7 +3,7 @@
 Speaker ``k`` has its own voice (an espeak-ng accent and variant, speed and base pitch), its own face (the
 astronaut photo of scikit-image, mirrored or not, with its colour, scale, rotation and shear changed) and its
 own manner (jaw range, head motion); every clip says other sentences.
-``make_corpus(out, speakers=N, clips_per_speaker=M)`` writes ``out/speakerK/clipJ.mp4`` (with
+``make_corpus(out, CorpusConfig(speakers=N, clips_per_speaker=M))`` writes ``out/speakerK/clipJ.mp4`` (with
 ``clipJ.truth.npz`` beside it, the generator's ground truth) and ``out/speakers.json``, so a model can be
 trained on some voices and tested on a voice it never heard (``first_speaker`` starts past them).
 """
@@ -13,13 +13,14 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 from skimage import data as skimage_data
 
+from ..cliopts import MAX_WORKERS, check_config, opt, same_as
 from ..errors import InputError
 from ..fileio import write_json
 from .generator import SynthConfig, prepare, truth_path
@@ -168,29 +169,55 @@ def _make_clip(args: tuple) -> dict:
     return row
 
 
-def make_corpus(out: str | os.PathLike, speakers: int = 4, clips_per_speaker: int = 3, seconds: float = 2.0,
-                size: int = 128, seed: int = 0, first_speaker: int = 0,
-                sentences: tuple[str, ...] = SENTENCES, workers: int = 1) -> list[dict]:
+@dataclass(frozen=True)
+class CorpusConfig:
+    """What `make_corpus` (and `geneface corpus synth`) makes."""
+
+    speakers: int = opt(8, min=1, max=10_000)
+    """Number of speakers (voices and faces)."""
+    clips_per_speaker: int = opt(4, min=1, max=10_000, flag="clips")
+    """Clips per speaker."""
+    seconds: float = opt(4.0, above=0.0, max=600.0)
+    """Length of a clip."""
+    size: int = same_as(SynthConfig, "size")
+    """Side of the square frames in pixels."""
+    seed: int = opt(0, min=0, max=10_000)
+    """Seed of the face variations, sentences and motion."""
+    first_speaker: int = opt(0, min=0, max=1_000_000)
+    """Index of the first speaker; speakers with other indices have other voices and faces."""
+    workers: int = opt(1, min=1, max=MAX_WORKERS)
+    """Processes rendering clips."""
+    sentences: tuple[str, ...] = SENTENCES
+    """English sentences the clips say (each clip draws two)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sentences", tuple(self.sentences))
+        check_config(self)
+        if not self.sentences:
+            raise InputError("need at least one sentence")
+
+
+def make_corpus(out: str | os.PathLike, config: CorpusConfig = CorpusConfig(), **settings) -> list[dict]:
     """Write ``out/speaker{K}/clip{J}.mp4`` (+ ``.truth.npz``) for speakers ``first_speaker ..`` and
     ``out/speakers.json``; returns one row per clip (path, speaker, voice, text). Finished clips are kept, so
-    an interrupted call resumes. ``workers`` > 1 renders clips in that many processes.
+    an interrupted call resumes. ``settings``: fields of `CorpusConfig` that replace ``config``'s
+    (``make_corpus(out, speakers=2, clips_per_speaker=1)``). ``workers`` > 1 renders clips in that many processes.
     """
+    c = replace(config, **settings)
     out = Path(out)
-    if speakers < 1 or clips_per_speaker < 1:
-        raise InputError("need at least one speaker and one clip per speaker")
-    if not sentences:
-        raise InputError("need at least one sentence")
-    tasks = [(str(out), k, j, seconds, size, seed, tuple(sentences))
-             for k in range(first_speaker, first_speaker + speakers) for j in range(clips_per_speaker)]
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file; give a folder for the clips")
+    tasks = [(str(out), k, j, c.seconds, c.size, c.seed, c.sentences)
+             for k in range(c.first_speaker, c.first_speaker + c.speakers) for j in range(c.clips_per_speaker)]
     out.mkdir(parents=True, exist_ok=True)
-    if workers > 1:
-        with mp.get_context("spawn").Pool(workers) as pool:
+    if c.workers > 1:
+        with mp.get_context("spawn").Pool(c.workers) as pool:
             rows = pool.map(_make_clip, tasks, chunksize=1)
             pool.close()  # let the workers exit on their own (terminating them leaks their semaphores)
             pool.join()
     else:
         rows = [_make_clip(t) for t in tasks]
-    styles = [asdict(speaker_style(k, seed)) for k in range(first_speaker, first_speaker + speakers)]
-    write_json(out / "speakers.json", {"seed": seed, "seconds": seconds, "size": size, "speakers": styles,
+    styles = [asdict(speaker_style(k, c.seed)) for k in range(c.first_speaker, c.first_speaker + c.speakers)]
+    write_json(out / "speakers.json", {"seed": c.seed, "seconds": c.seconds, "size": c.size, "speakers": styles,
                                        "clips": rows})
     return rows

@@ -32,6 +32,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
+from ..cliopts import MAX_SEED, MAX_SIZE, check_config, opt
 from ..errors import InputError
 from ..face import FACE_OVAL, LEFT_EYE, NUM_MESH_POINTS, RIGHT_EYE, interocular, mouth_opening
 from ..features.activity import is_silent
@@ -53,47 +54,43 @@ RING_SCALE_FAR = (2.1, 1.9, 1.75)
 class SynthConfig:
     """Options of the synthetic talking-head generator."""
 
-    size: int = 256
-    """Side of the square output frames in pixels (even)."""
-    seconds: float | None = None
-    """Length of the video: None for the audio's length; longer repeats the speech with short pauses,
+    size: int = opt(256, min=64, max=MAX_SIZE, multiple_of=2)
+    """Side of the square output frames in pixels."""
+    seconds: float | None = opt(None, above=0.0, max=3600.0)
+    """Length of the video (default: the audio's length); longer repeats the speech with short pauses,
     shorter cuts it."""
-    fps: float = 25.0
+    fps: float = opt(25.0, above=0.0, max=240.0)
     """Frame rate of the video."""
-    seed: int = 0
+    seed: int = opt(0, min=0, max=MAX_SEED)
     """Seed of the head motion and the blink times."""
-    head_amplitude: tuple[float, float, float] = (6.0, 4.0, 3.0)
+    head_amplitude: tuple[float, float, float] = opt((6.0, 4.0, 3.0), min=0.0, max=90.0,
+                                                     metavar=("YAW", "PITCH", "ROLL"))
     """Largest |yaw|, |pitch|, |roll| of the head motion in degrees (relative to the photo's pose)."""
-    head_hz: float = 0.3
+    head_hz: float = opt(0.3, above=0.0, max=10.0)
     """Typical frequency of the head motion (it mixes slower and faster components around it)."""
-    head_shift: float = 0.01
+    head_shift: float = opt(0.01, min=0.0, max=0.5)
     """Largest head translation along each axis, head units (inter-ocular distance 0.3)."""
-    blink_interval: tuple[float, float] | None = (2.0, 6.0)
+    blink_interval: tuple[float, float] | None = opt((2.0, 6.0), above=0.0, max=3600.0, metavar=("LOW", "HIGH"))
     """Seconds between blinks, drawn uniformly from this range; None: no blinks."""
-    blink_seconds: float = 0.2
+    blink_seconds: float = opt(0.2, above=0.0, max=2.0)
     """Length of a blink (the eyelids close over ~40% of it and reopen over the rest)."""
-    jaw_max_deg: float = 13.0
+    jaw_max_deg: float = opt(13.0, min=0.0, max=45.0)
     """Jaw rotation at the widest opening, degrees."""
-    use_phones: bool = True
+    use_phones: bool = opt(True, flag="phones")
     """Drive lip shapes by phones from pocketsphinx when it is installed; else by spectral features."""
-    pause_seconds: float = 0.6
+    pause_seconds: float = opt(0.6, min=0.0, max=60.0)
     """Silence between repeats when the video is longer than the speech."""
-    face_fraction: float = 0.42
+    face_fraction: float = opt(0.42, above=0.0, max=1.0)
     """Width of the face as a fraction of the frame's side."""
-    crf: int = 18
+    crf: int = opt(18, min=0, max=51)
     """H.264 quality (lower is better)."""
     progress: bool = True
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
-        if self.size < 64 or self.size % 2:
-            raise InputError(f"size must be even and at least 64, got {self.size}")
-        if self.seconds is not None and not self.seconds > 0:
-            raise InputError(f"seconds must be positive, got {self.seconds}")
-        if not self.fps > 0:
-            raise InputError(f"fps must be positive, got {self.fps}")
-        if self.blink_interval is not None and not 0 < self.blink_interval[0] <= self.blink_interval[1]:
-            raise InputError(f"blink_interval must be (low, high) with 0 < low <= high, got {self.blink_interval}")
+        check_config(self)
+        if self.blink_interval is not None and not self.blink_interval[0] <= self.blink_interval[1]:
+            raise InputError(f"--blink-interval must be LOW HIGH with LOW <= HIGH, got {self.blink_interval}")
 
 
 def truth_path(video: str | os.PathLike) -> Path:
