@@ -331,6 +331,7 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(case, message, tiny_perso
 
 
 def test_frames_must_be_positive(tiny_person, tmp_path, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["evaluate", "--person", str(tiny_person), "--out", str(tmp_path / "e"), "--frames", "0"])
-    assert e.value.code == 2 and "--frames" in capsys.readouterr().err
+    code = main(["evaluate", "--person", str(tiny_person), "--out", str(tmp_path / "e"), "--frames", "0"])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == "error: --frames must be at least 1, got 0"
+    assert not (tmp_path / "e").exists()

@@ -7,14 +7,6 @@ Fréchet Inception distance (`fid`), are used only where their registry weight p
 
 from __future__ import annotations
 
-from typing import Any
+from .report import EvalConfig, evaluate, markdown
 
 __all__ = ["EvalConfig", "evaluate", "markdown"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from . import report
-
-        return getattr(report, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import cv2
 import numpy as np
+import torch
 
 from ..constants import AUDIO_RATE, MOUTH_68
 from ..errors import MissingModelError
-from ..face import LANDMARKS_68, interocular
+from ..face import LANDMARKS_68, FaceMesh, interocular
+from .fid import frechet_distance
 
 MAX_PSNR = 100.0
 """PSNR of identical images (the ideal value; keeps the report finite)."""
@@ -63,10 +66,6 @@ def track_faces(images: np.ndarray, size: int, progress: Callable | None = None)
     """MediaPipe face mesh [478, 3] (pixels of a ``size`` x ``size`` frame) of each image [N, h, w, 3] uint8,
     or None where no face is found. Images are resized to ``size`` first (small renders are upscaled so the
     detector sees the face at the dataset's scale); each image is detected anew (no tracking)."""
-    import cv2
-
-    from ..face import FaceMesh
-
     out: list[np.ndarray | None] = []
     items = progress(images) if progress is not None else images
     with FaceMesh(video=False) as mesh:
@@ -123,8 +122,6 @@ def load_optional(loader: Callable[[Any], Any], device: Any) -> tuple[Any, str |
 def lpips_distance(net: Callable, a: np.ndarray, b: np.ndarray, device: Any, batch: int = 8) -> np.ndarray:
     """Per-image LPIPS [N] (0 = identical) of images a, b [N, H, W, 3] with ``net`` ((x, y) [B, 3, H, W] in
     [-1, 1] -> [B])."""
-    import torch
-
     out = []
     with torch.no_grad():
         for i in range(0, len(a), batch):
@@ -136,8 +133,6 @@ def lpips_distance(net: Callable, a: np.ndarray, b: np.ndarray, device: Any, bat
 
 def inception_features(net: Callable, images: np.ndarray, device: Any, batch: int = 16) -> np.ndarray:
     """Inception pool features [N, 2048] of images [N, H, W, 3] with ``net`` ([B, 3, H, W] in [0, 1] -> [B, D])."""
-    import torch
-
     out = []
     with torch.no_grad():
         for i in range(0, len(images), batch):
@@ -148,6 +143,4 @@ def inception_features(net: Callable, images: np.ndarray, device: Any, batch: in
 
 def fid_score(a_features: np.ndarray, b_features: np.ndarray) -> float:
     """Fréchet distance of two feature sets [N, D], [M, D] (``geneface.evaluate.fid.frechet_distance``)."""
-    from .fid import frechet_distance
-
     return float(frechet_distance(a_features, b_features))

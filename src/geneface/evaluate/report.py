@@ -57,14 +57,23 @@ from typing import Any
 
 import cv2
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from .. import media
 from ..cliopts import MAX_SEED, check_config, opt
-from ..device import DEVICES
-from ..errors import InputError
 from ..constants import MOUTH_68
+from ..dataset import PersonDataset
+from ..device import DEVICES, resolve_device
+from ..errors import InputError
 from ..fileio import atomic_path, write_json
+from ..infer.person import Person
+from ..infer.stabilise import pose_track, stabilise
 from ..lpips import load_lpips
+from ..motion import MotionModel, mouth_opening
+from ..motion.data import load_dataset_clips
+from ..motion.model import check_audio
+from ..render import PersonRenderer
 from . import metrics, plots
 from .fid import load_inception
 
@@ -123,10 +132,6 @@ class _Report:
 
 
 def _check_inputs(person_dir, audio_paths, out) -> tuple[Any, Any, Path, list[tuple[Path, np.ndarray]]]:
-    from ..dataset import PersonDataset
-    from ..infer.person import Person
-    from ..motion.model import check_audio
-
     person = Person(person_dir)
     if person.data_dir is None:
         raise InputError(f"{person.root} has no data/ folder: evaluate needs PERSON/data, which "
@@ -150,9 +155,6 @@ def _render(renderer, c2w: np.ndarray, offsets: np.ndarray, batch: int, desc: st
             ) -> tuple[np.ndarray, float]:
     """Frames [N, S, S, 3] uint8 of poses c2w [N, 4, 4] and landmark windows offsets [N, 5, 68, 3], and the
     seconds spent."""
-    import torch
-    from tqdm import tqdm
-
     frames = []
     start = time.perf_counter()
     for i in tqdm(range(0, len(c2w), batch), desc=desc, unit="batch", disable=not progress, leave=False):
@@ -166,17 +168,12 @@ def _render(renderer, c2w: np.ndarray, offsets: np.ndarray, batch: int, desc: st
 
 def _windows(offsets: np.ndarray) -> np.ndarray:
     """Renderer condition windows [T, 5, 68, 3] of offsets [T, 68, 3]."""
-    import torch
-
-    from ..render import PersonRenderer
-
     return PersonRenderer.windows(torch.from_numpy(np.ascontiguousarray(offsets)).float()).numpy()
 
 
 def _timed_predict(model, person, features, pitch, config: EvalConfig) -> tuple[np.ndarray, float]:
     """Stabilised offsets [T, 68, 3] of features [2T, D] (as `geneface infer`, without blinks) and the seconds
     a second, identical run took (the first warms up)."""
-    from ..infer.stabilise import stabilise
 
     def once():
         raw = model.predict(features, pitch, temperature=config.temperature, seed=config.seed)
@@ -205,8 +202,6 @@ def _sync(report: _Report, section: dict, prefix: str, suffix: str, model, featu
 def _image_metrics(report: _Report, name: str, renders: np.ndarray, truth: np.ndarray, true_mesh: np.ndarray,
                    dataset_size: int, lpips_net, device, progress: bool) -> tuple[dict, dict]:
     """psnr, ssim, lpips and LMD of renders against truth [N, S, S, 3]; (section, per-frame arrays)."""
-    from tqdm import tqdm
-
     section: dict[str, Any] = {}
     per_frame: dict[str, np.ndarray] = {"psnr": metrics.psnr(renders, truth), "ssim": metrics.ssim(renders, truth)}
     report.put(section, f"validation.{name}.psnr", "psnr", float(per_frame["psnr"].mean()))
@@ -234,14 +229,6 @@ def evaluate(person_dir: str | os.PathLike, audio_paths: list[str | os.PathLike]
              out: str | os.PathLike | None = None, config: EvalConfig = EvalConfig()) -> dict:
     """Evaluate the person model ``person_dir``; write the report into ``out`` (default PERSON/eval) and
     return it (the ``report.json`` content; schema in the module docstring)."""
-    from tqdm import tqdm
-
-    from ..device import resolve_device
-    from ..infer.stabilise import pose_track
-    from ..motion import MotionModel, mouth_opening
-    from ..motion.data import load_dataset_clips
-    from ..render import PersonRenderer
-
     # 1. check the inputs (all of them, before any work)
     if config.frames is not None and config.frames < 1:
         raise InputError(f"--frames must be at least 1, got {config.frames}")
