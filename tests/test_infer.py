@@ -224,9 +224,6 @@ def test_infer_options_and_side_by_side(tiny_person, speech, options_video):
     assert not np.array_equal(blinks[0][:, EYES_68], blinks[1][:, EYES_68])
 
 
-@pytest.mark.xfail(strict=True, reason="bug: infer's side-by-side panel projects the landmarks with the "
-                                       "person's dataset intrinsics (person.intrinsics, 128 px) onto a panel of "
-                                       "the renderer's size (64 px), so they are drawn at twice their position")
 def test_side_by_side_panel_draws_the_landmarks_on_the_face(tiny_person, speech, options_video):
     from geneface.infer.person import Person, project_landmarks
     from geneface.infer.stabilise import pose_track
