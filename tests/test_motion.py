@@ -297,7 +297,7 @@ def test_missing_and_corrupt_runs(tmp_path):
 
 def test_bad_audio_and_features():
     model = tiny_model()
-    with pytest.raises(InputError, match="empty"):
+    with pytest.raises(InputError, match="too short"):
         model.predict_audio(np.zeros(0, np.float32))
     with pytest.raises(InputError, match="silent"):
         model.predict_audio(np.zeros(16000, np.float32))
