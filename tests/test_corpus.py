@@ -40,8 +40,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-ESPEAK_MISSING = "espeak-ng is not on PATH (the synthetic speakers talk with it; `make` installs the Debian package)"
-needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason=ESPEAK_MISSING)
+needs_espeak = pytest.mark.espeak  # skipped where espeak-ng is absent (conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +49,7 @@ def clips(tmp_path_factory) -> Path:
     from geneface.synth.corpus import make_corpus
 
     if shutil.which("espeak-ng") is None:
-        pytest.skip(ESPEAK_MISSING)
+        pytest.skip("espeak-ng is not on PATH (synthetic speech is made with it; `make` installs it)")
 
     root = tmp_path_factory.mktemp("corpus") / "clips"
     rows = make_corpus(root, speakers=SPEAKERS, clips_per_speaker=CLIPS, seconds=SECONDS, size=256, seed=0)

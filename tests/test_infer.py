@@ -12,7 +12,8 @@ from geneface import media
 from geneface.cli import main
 from geneface.errors import InputError
 from geneface.fileio import write_json, write_npz
-from geneface.infer.pipeline import InferConfig, infer
+from geneface.infer.pipeline import InferConfig, PersonModel, infer
+from geneface.render.model import RenderModel
 from geneface.synth import default_speech
 
 FPS = 25.0
@@ -126,17 +127,9 @@ def test_the_mouth_moves_with_the_speech_and_nothing_else_with_a_still_pose(tmp_
 
 
 def _landmark_predictor(person_dir: Path):
-    """``config -> stabilised offsets [T, 68, 3]`` of the person for 16 kHz audio: `PersonModel.landmarks` (or
-    `predict_landmarks`, its name before the one-inference-path refactor)."""
-    from geneface.infer import pipeline
-
-    if hasattr(pipeline, "PersonModel"):
-        model = pipeline.PersonModel.load(person_dir, "cpu")
-        return lambda audio, config: model.landmarks(audio, config)
-    from geneface.infer.person import Person
-
-    person = Person(person_dir)
-    return lambda audio, config: pipeline.predict_landmarks(person, audio, config)
+    """``(audio, config) -> stabilised offsets [T, 68, 3]`` of the person: `PersonModel.landmarks`."""
+    model = PersonModel.load(person_dir, "cpu")
+    return model.landmarks
 
 
 def _shifted_poses(person_dir: Path, size: int, pixels: float) -> np.ndarray:
@@ -369,10 +362,8 @@ def test_person_records_its_feature_model(tiny_person, tmp_path):
 
 # --- training errors -------------------------------------------------------------------------------------
 def _render_model_class():
-    """The renderer's trainable model class (RenderModel; PersonModel before the training refactor)."""
-    from geneface.render import model
-
-    return getattr(model, "RenderModel", None) or getattr(model, "PersonModel")
+    """The renderer's trainable model class."""
+    return RenderModel
 
 
 TORCH_OOM = "torch.cuda.OutOfMemoryError"

@@ -33,8 +33,7 @@ from geneface.engine import TrainingError
 from geneface.motion.measures import motion_metrics, syncnet_auc
 from geneface.motion.train import MotionTrainConfig, train_motion
 
-ESPEAK_MISSING = "espeak-ng is not on PATH (the synthetic people speak with it; `make` installs the Debian package)"
-needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason=ESPEAK_MISSING)
+needs_espeak = pytest.mark.espeak  # skipped where espeak-ng is absent (conftest.py)
 TEXTS_A = list(SENTENCES[:8])
 TEXTS_B = list(SENTENCES[12:14])
 TINY = dict(batch_size=8, window=32, syncnet_pairs=256, warmup=20, log_every=10)
@@ -107,7 +106,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def people(tmp_path_factory) -> dict[str, Path]:
     if shutil.which("espeak-ng") is None:
-        pytest.skip(ESPEAK_MISSING)
+        pytest.skip("espeak-ng is not on PATH (synthetic speech is made with it; `make` installs it)")
     root = tmp_path_factory.mktemp("motion_people")
     return {"a": make_person(root / "a", TEXTS_A, [("en-us", 150), ("en-gb", 170)], seed=0),
             "b": make_person(root / "b", TEXTS_B, [("en-us+f3", 140)], seed=1)}

@@ -21,9 +21,7 @@ SIZE = 128
 SECONDS = 3.0
 AMPLITUDE = (5.0, 4.0, 3.0)
 SILENCE = (1.0, 2.0)  # seconds of the test audio zeroed out
-needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
-                                  reason="espeak-ng is not on PATH (text-to-speech; `make` installs the Debian "
-                                         "package espeak-ng)")
+needs_espeak = pytest.mark.espeak  # skipped where espeak-ng is absent (conftest.py)
 
 
 def _test_audio() -> np.ndarray:

@@ -7,8 +7,10 @@ The public API (imported on first use, so ``import geneface`` stays light)::
     person = PersonModel.load("people/me")                                      # later: load once ...
     person.speak("speech.wav", "me_speaking.mp4")                               # ... speak many times
 
-Also: `process` / `ProcessConfig` (video -> dataset), `MotionModel` (speech -> landmarks), `PersonRenderer`
-(poses + landmarks -> frames), `evaluate` / `EvalConfig` (a person model's quality), `InferConfig`.
+Also: `ProcessConfig` with `geneface.process.process` (video -> dataset), `MotionModel` (speech -> landmarks),
+`PersonRenderer` (poses + landmarks -> frames), `EvalConfig` with `geneface.evaluate.evaluate` (a person model's
+quality), `InferConfig`. (``process`` and ``evaluate`` are also the names of subpackages, so the functions are
+imported from those: ``from geneface.process import process``.)
 """
 
 import importlib
@@ -23,9 +25,8 @@ __version__ = "0.1.0"
 _API = {
     "train_person": "geneface.infer.train", "TrainConfig": "geneface.infer.train",
     "PersonModel": "geneface.infer.pipeline", "InferConfig": "geneface.infer.pipeline",
-    "process": "geneface.process.pipeline", "ProcessConfig": "geneface.process.pipeline",
-    "MotionModel": "geneface.motion.model", "PersonRenderer": "geneface.render.renderer",
-    "evaluate": "geneface.evaluate.report", "EvalConfig": "geneface.evaluate.report",
+    "ProcessConfig": "geneface.process.pipeline", "MotionModel": "geneface.motion.model",
+    "PersonRenderer": "geneface.render.renderer", "EvalConfig": "geneface.evaluate.report",
 }
 __all__ = sorted(_API) + ["__version__"]
 

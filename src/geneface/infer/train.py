@@ -23,7 +23,7 @@ from ..features import FEATURE_KINDS
 from ..motion.model import RUN_KIND as MOTION_RUN
 from ..motion.presets import PRESETS
 from ..motion.train import MotionTrainConfig, PostnetTrainConfig, train_motion, train_postnet
-from ..process.pipeline import ProcessConfig, process
+from ..process.pipeline import ProcessConfig, check_source, process
 from ..render.model import ModelConfig
 from ..render.renderer import RUN_KIND as RENDER_RUN
 from ..render.train import RenderTrainConfig, resolve_config, train_render
@@ -87,6 +87,7 @@ def train_person(video: str | os.PathLike, out: str | os.PathLike, config: Train
         raise InputError("--motion-preset sizes a new motion model; with --prior the prior's sizes are used")
 
     # 1. the dataset
+    check_source(Path(video), config.audio)  # before any folder is made
     data = out / "data"
     _check_dataset(data, size, config.force)
     _stage("process", data)

@@ -27,12 +27,12 @@ from ..errors import InputError
 from ..weights import config_to_dict
 from .corpus import default_feature_kind, open_training_data, open_window_source
 from .data import ClipSet, MotionClip, VoiceAugment, WindowSampler, WindowSource, load_clips
-from .generator import Audio2Motion, GeneratorConfig
+from .generator import Audio2Motion
 from .measures import data_stats, eval_subset, motion_metrics, syncnet_auc
 from .model import RUN_KIND, MotionModel
 from .postnet import Discriminator, Postnet, PostnetConfig
 from .presets import preset
-from .syncnet import SyncNet, SyncNetConfig
+from .syncnet import SyncNet
 
 log = logging.getLogger(__name__)
 

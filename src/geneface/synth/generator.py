@@ -22,8 +22,8 @@
 
 from __future__ import annotations
 
+import logging
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -43,6 +43,8 @@ from .photo import crop_face, default_face
 from .render import Warper, draw_mouth
 from .rig import HEAD_IOD, LOWER_INNER, UPPER_INNER, FaceRig
 from .speech import default_speech, fit_length, mouth_track
+
+log = logging.getLogger(__name__)
 
 RING_SCALE_NEAR = (1.45, 1.28, 1.22)
 """Ring that moves rigidly with the head, as multiples of the face outline about its centre (top, sides, bottom)."""
@@ -243,7 +245,7 @@ def prepare(face: np.ndarray | None = None, audio: np.ndarray | None = None,
     if len(audio) < AUDIO_RATE / cfg.fps and cfg.seconds is None:
         raise InputError("the audio is shorter than one frame")
     if is_silent(audio):
-        warnings.warn("the audio is silent: the face will not speak", stacklevel=2)
+        log.warning("the audio is silent: the face will not speak")
 
     # 1. The photo: crop around the face, track its mesh, build the rig.
     photo, mesh_px = crop_face(face, cfg.size, face_fraction=cfg.face_fraction)
