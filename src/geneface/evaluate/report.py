@@ -68,9 +68,10 @@ from ..device import DEVICES, resolve_device
 from ..errors import InputError
 from ..fileio import atomic_path, folder_lock, write_json
 from ..infer.person import Person
+from ..infer.pipeline import PersonModel
 from ..infer.stabilise import pose_track, stabilise
 from ..lpips import load_lpips
-from ..motion import MotionModel, mouth_opening
+from ..motion import mouth_opening
 from ..motion.data import load_dataset_clips
 from ..motion.model import check_audio
 from ..render import PersonRenderer
@@ -244,11 +245,8 @@ def evaluate(person_dir: str | os.PathLike, audio_paths: list[str | os.PathLike]
         report = _Report()
 
         # 2. load the models
-        model = MotionModel.load(person.motion_dir, device=device)
-        if model.feature_kind != person.feature_kind:
-            raise InputError(f"the motion model uses {model.feature_kind!r} features but the person model says "
-                             f"{person.feature_kind!r}")
-        renderer = PersonRenderer.load(person.render_dir, device=device)
+        loaded = PersonModel.load(person.root, device)
+        model, renderer = loaded.motion, loaded.renderer
         size = renderer.size
         lpips_net, why_lpips = metrics.load_optional(load_lpips, device)
         inception, why_fid = (None, None)
@@ -347,33 +345,7 @@ def evaluate(person_dir: str | os.PathLike, audio_paths: list[str | os.PathLike]
             centres = (idx[0] + np.arange(len(conf_pred)) + SYNC_WINDOW // 2) / fps  # time in the training clip
             sync_panels["validation clip (time in the training clip)"] = {
                 "predicted landmarks": (centres, conf_pred), "ground-truth landmarks": (centres, conf_true)}
-        entries = []
-        for k, (path, speech) in enumerate(tqdm(clips, desc="audio", unit="file", disable=not (config.progress and clips))):
-            start = time.perf_counter()
-            feats, speech_pitch = model.features_for_audio(speech, model_path=person.feature_model_for(None))
-            t_feat = time.perf_counter() - start
-            offsets, t_pred = _timed_predict(model, person, feats, speech_pitch, config)
-            frames_n = len(offsets)
-            entry: dict[str, Any] = {"path": str(path), "seconds": round(len(speech) / media.AUDIO_RATE, 3),
-                                     "frames": frames_n}
-            conf = _sync(report, entry, f"audio[{k}]", "", model, feats, offsets)
-            if conf is not None:
-                sync_panels[f"{path.name} (unseen audio {k + 1})"] = {
-                    "predicted landmarks": ((np.arange(len(conf)) + SYNC_WINDOW // 2) / fps, conf)}
-            report.put(entry, f"audio[{k}].mouth_loudness_corr", "mouth_loudness_corr",
-                       metrics.pearson(mouth_opening(offsets), metrics.frame_loudness(speech, frames_n, fps)),
-                       "needs 3 or more frames with varying loudness and mouth")
-            report.put(entry, f"audio[{k}].motion_realtime_factor", "motion_realtime_factor",
-                       len(speech) / media.AUDIO_RATE / max(t_feat + t_pred, 1e-9))
-            n = min(frames_n, count)
-            _, t_render = _render(renderer, pose_track(person.c2w, n, "loop"), _windows(offsets)[:n], config.batch,
-                                  f"render {path.name}", config.progress)
-            entry["rendered_frames"] = n
-            report.put(entry, f"audio[{k}].render_fps", "render_fps", n / max(t_render, 1e-9))
-            entries.append(entry)
-        if clips:
-            report.notes.append(f"for --audio files, render_fps is timed on their first {count} frames or fewer "
-                                f"(as many as the validation frames evaluated)")
+        entries = _unseen_audio(report, loaded, clips, count, config, sync_panels)
 
         result = {"format": FORMAT, "version": VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                   "person": str(person.root), "device": str(device),
@@ -396,7 +368,42 @@ def evaluate(person_dir: str | os.PathLike, audio_paths: list[str | os.PathLike]
         return result
 
 
-    # --- Markdown ----------------------------------------------------------------------------------
+def _unseen_audio(report: _Report, loaded: PersonModel, clips: list[tuple[Path, np.ndarray]], count: int,
+                  config: EvalConfig, sync_panels: dict) -> list[dict]:
+    """Sync measures and speeds of each --audio clip (the ``audio`` entries of the report); adds each clip's
+    SyncNet confidence curve to ``sync_panels``."""
+    model, renderer, person, fps = loaded.motion, loaded.renderer, loaded.person, loaded.fps
+    entries = []
+    for k, (path, speech) in enumerate(tqdm(clips, desc="audio", unit="file", disable=not (config.progress and clips))):
+        start = time.perf_counter()
+        feats, speech_pitch = model.features_for_audio(speech, model_path=person.feature_model_for(None))
+        t_feat = time.perf_counter() - start
+        offsets, t_pred = _timed_predict(model, person, feats, speech_pitch, config)
+        frames_n = len(offsets)
+        entry: dict[str, Any] = {"path": str(path), "seconds": round(len(speech) / media.AUDIO_RATE, 3),
+                                 "frames": frames_n}
+        conf = _sync(report, entry, f"audio[{k}]", "", model, feats, offsets)
+        if conf is not None:
+            sync_panels[f"{path.name} (unseen audio {k + 1})"] = {
+                "predicted landmarks": ((np.arange(len(conf)) + SYNC_WINDOW // 2) / fps, conf)}
+        report.put(entry, f"audio[{k}].mouth_loudness_corr", "mouth_loudness_corr",
+                   metrics.pearson(mouth_opening(offsets), metrics.frame_loudness(speech, frames_n, fps)),
+                   "needs 3 or more frames with varying loudness and mouth")
+        report.put(entry, f"audio[{k}].motion_realtime_factor", "motion_realtime_factor",
+                   len(speech) / media.AUDIO_RATE / max(t_feat + t_pred, 1e-9))
+        n = min(frames_n, count)
+        _, t_render = _render(renderer, pose_track(person.c2w, n, "loop"), _windows(offsets)[:n], config.batch,
+                              f"render {path.name}", config.progress)
+        entry["rendered_frames"] = n
+        report.put(entry, f"audio[{k}].render_fps", "render_fps", n / max(t_render, 1e-9))
+        entries.append(entry)
+    if clips:
+        report.notes.append(f"for --audio files, render_fps is timed on their first {count} frames or fewer "
+                            f"(as many as the validation frames evaluated)")
+    return entries
+
+
+# --- Markdown ----------------------------------------------------------------------------------
 
 _LABELS = {
     "psnr": ("PSNR", "dB", "higher is better"), "ssim": ("SSIM", "", "1 = identical"),
