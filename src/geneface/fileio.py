@@ -1,4 +1,6 @@
-"""Atomic writes: every file appears complete under its final name or not at all."""
+"""Files: atomic writes (every file appears complete under its final name or not at all), one writer per
+folder, and readers that refuse what they were not made for (pickles, oversized arrays).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +8,22 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+from .errors import InputError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: folders are not locked
+    fcntl = None
+
+LOCK_FILE = ".geneface.lock"
+"""The lock file a writing command holds in its output folder (see `folder_lock`)."""
 
 
 @contextmanager
@@ -71,6 +84,60 @@ def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
             np.savez(f, **arrays)
 
 
-def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def read_npz(path: str | os.PathLike, max_bytes: int | None = None) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` (never unpickled). With ``max_bytes``, an archive whose arrays would take more
+    memory than that is refused (an ``InputError``) before any of them is read: their headers say how big."""
+    if max_bytes is not None:
+        total = npz_bytes(path)
+        if total > max_bytes:
+            raise InputError(f"{path} holds {total / 2**20:.0f} MB of arrays, more than the {max_bytes / 2**20:.0f} MB "
+                             f"such a file may have; it is not a file geneface wrote")
     with np.load(path, allow_pickle=False) as data:
         return {key: data[key] for key in data.files}
+
+
+def npz_bytes(path: str | os.PathLike) -> int:
+    """Bytes the arrays of an ``.npz`` take once loaded, from their headers alone."""
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                with archive.open(name) as f:
+                    version = np.lib.format.read_magic(f)
+                    if version not in ((1, 0), (2, 0)):
+                        raise ValueError(f"array format version {version}")
+                    header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                              else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = header(f)  # the header only
+                    total += int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    except (zipfile.BadZipFile, ValueError, OSError) as e:
+        raise InputError(f"{path} is not a readable .npz ({type(e).__name__}: {e})") from None
+    return total
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike, name: str = LOCK_FILE, what: str | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (made if missing) while the block runs: one writer per folder.
+
+    A second process that asks for the same lock stops at once with ``InputError("DIR is in use by another
+    geneface process (pid N)")`` (``what`` replaces DIR in the message). The lock is an ``flock`` on
+    ``folder/name``, which the kernel drops when its holder exits, so a killed process leaves no obstacle; the
+    file only keeps the holder's pid for that message. Not POSIX: no lock.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(folder / name, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise InputError(f"{what or folder} is in use by another geneface process (pid {holder})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 from pathlib import Path
 from typing import Any, TypeVar
 
+import safetensors.torch
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from .errors import InputError, MissingModelError
@@ -47,22 +50,27 @@ def config_from_dict(cls: type[T], data: dict, where: str) -> T:
 
 def save_weights(path: str | os.PathLike, module: nn.Module, metadata: dict[str, str] | None = None) -> None:
     """Write a module's parameters and buffers as safetensors (atomically)."""
-    from safetensors.torch import save_file
-
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+    write_bytes(path, safetensors.torch.save(tensors, metadata=metadata))
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically and durably (flushed to the disk before the rename): a full disk
+    or any other write error is an ``OSError`` and leaves what was at ``path`` before."""
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors of a safetensors file; a missing or unreadable file is an :class:`InputError`."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not path.exists():
         raise InputError(f"missing checkpoint {path}")
     try:
-        return load_file(str(path))
+        return safetensors.torch.load_file(str(path))
     except Exception as e:  # safetensors raises several types for truncated or garbled files
         raise InputError(f"checkpoint {path} is corrupt or incomplete ({type(e).__name__}: {e}); "
                          f"train again or restore the file") from None
@@ -86,8 +94,6 @@ def load_weights(path: str | os.PathLike, module: nn.Module) -> None:
 
 def save_optimizer(path: str | os.PathLike, optimizer: torch.optim.Optimizer) -> None:
     """Write an optimizer's state: tensors as safetensors, the rest as JSON metadata (no pickle)."""
-    from safetensors.torch import save_file
-
     state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
@@ -98,13 +104,10 @@ def save_optimizer(path: str | os.PathLike, optimizer: torch.optim.Optimizer) ->
             else:
                 scalars.setdefault(str(idx), {})[name] = value
     meta = {"param_groups": json.dumps(state["param_groups"]), "scalars": json.dumps(scalars)}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    write_bytes(path, safetensors.torch.save(tensors, metadata=meta))
 
 
 def load_optimizer(path: str | os.PathLike, optimizer: torch.optim.Optimizer) -> None:
-    from safetensors import safe_open
-
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -128,8 +131,6 @@ def load_optimizer(path: str | os.PathLike, optimizer: torch.optim.Optimizer) ->
 def package_file(package: str, relative: str, purpose: str, hint: str) -> Path:
     """Path of a data file inside an installed package, found without importing the package; a missing
     package or file is a :class:`MissingModelError` naming ``purpose`` (e.g. "LPIPS") and the install ``hint``."""
-    import importlib.util
-
     try:
         spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):

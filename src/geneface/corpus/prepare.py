@@ -38,6 +38,7 @@ from ..constants import FPS
 from ..corpusdata import (PACK_DIR, ManifestWriter, PackWriter, is_corpus, latest_records, manifest_path,
                           read_corpus_meta, read_manifest, shard_tag, write_corpus_meta)
 from ..errors import GeneFaceError, InputError, NoFaceError
+from ..fileio import folder_lock
 from ..features import FEATURE_KINDS
 from ..features.activity import is_silent, loudness_db, speech_activity
 from ..logs import ROOT
@@ -360,22 +361,6 @@ def _run_workers(workers: int, todo: list[ClipItem], root: Path, out: Path, tag:
 
 # --- the run -----------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _shard_lock(path: Path):
-    import fcntl  # POSIX only: imported here so that the module still imports elsewhere
-
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise InputError(f"another `geneface corpus prepare` is working on this shard of {path.parent} "
-                             f"(it holds {path.name}); wait for it or stop it") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _open_output(out: Path, root: Path, config: PrepareConfig) -> None:
     """Create ``out`` as a corpus, or check that the corpus in it was made with the same settings."""
     if out.exists() and not out.is_dir():
@@ -438,7 +423,7 @@ def prepare_corpus(root: str | os.PathLike, out: str | os.PathLike, config: Prep
     _open_output(out, root, config)
     tag = shard_tag(index, count)
     started = time.perf_counter()
-    with _shard_lock(out / f".lock-{tag}"):
+    with folder_lock(out, f".lock-{tag}", what=f"shard {index}/{count} of {out}"):
         latest = latest_records(out)
         todo = [it for it in mine if _needs_work(root, it, latest.get(it.path), retry_failed)]
         ends: dict[str, int] = {}

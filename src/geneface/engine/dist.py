@@ -70,7 +70,10 @@ def init_distributed(device: str = "auto") -> Dist:
 
 
 def close_distributed() -> None:
+    """Leave the process group. Every rank first waits for the others: a rank that tears its connections down
+    while a peer still reads from them makes gloo abort that peer ("Connection reset by peer", SIGABRT)."""
     if tdist.is_available() and tdist.is_initialized():
+        tdist.barrier()
         tdist.destroy_process_group()
 
 

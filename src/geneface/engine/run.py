@@ -14,6 +14,8 @@ A folder with ``train_state/`` is resumed by running the same command again; one
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
@@ -25,7 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import GeneFaceError, InputError
-from ..fileio import atomic_dir, read_json, write_json
+from ..fileio import atomic_dir, folder_lock, read_json, write_json
 from ..weights import load_optimizer, load_weights, read_run_config, save_optimizer, save_weights
 from .dist import Dist
 
@@ -59,6 +61,20 @@ class RunFolder:
         self.root = Path(root)
         self.kind = kind
         self.dist = dist or Dist()
+        self._lock: contextlib.ExitStack | None = None
+
+    def __enter__(self) -> "RunFolder":
+        """Hold the folder's lock (rank 0; `geneface.fileio.folder_lock`) while training: one writer per run."""
+        stack = contextlib.ExitStack()
+        if self.dist.main:
+            stack.enter_context(folder_lock(self.root))
+        self._lock = stack
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     @property
     def state_dir(self) -> Path:
@@ -106,12 +122,19 @@ class RunFolder:
         """Replace ``train_state/`` atomically: ``NAME.safetensors`` per module and optimizer (keys are file
         stems), and ``state.json``."""
         if self.dist.main:
-            with atomic_dir(self.state_dir) as tmp:
-                for name, module in modules.items():
-                    save_weights(tmp / f"{name}.safetensors", module)
-                for name, opt in optimizers.items():
-                    save_optimizer(tmp / f"{name}.safetensors", opt)
-                write_json(tmp / STATE_FILE, state)
+            kept = self.last_checkpoint()
+            try:
+                with atomic_dir(self.state_dir) as tmp:
+                    for name, module in modules.items():
+                        save_weights(tmp / f"{name}.safetensors", module)
+                    for name, opt in optimizers.items():
+                        save_optimizer(tmp / f"{name}.safetensors", opt)
+                    write_json(tmp / STATE_FILE, state)
+            except OSError as e:
+                full = " (the disk is full)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+                before = f"the previous checkpoint ({kept}) is kept" if kept else "no checkpoint was saved yet"
+                raise TrainingError(f"could not write a checkpoint into {self.state_dir}: "
+                                    f"{e.strerror or e}{full}; {before}. Free some space and rerun to resume") from None
         self.dist.barrier()
 
     def load_state(self, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer]) -> None:

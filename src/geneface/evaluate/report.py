@@ -66,11 +66,12 @@ from ..constants import MOUTH_68
 from ..dataset import PersonDataset
 from ..device import DEVICES, resolve_device
 from ..errors import InputError
-from ..fileio import atomic_path, write_json
+from ..fileio import atomic_path, folder_lock, write_json
 from ..infer.person import Person
+from ..infer.pipeline import PersonModel
 from ..infer.stabilise import pose_track, stabilise
 from ..lpips import load_lpips
-from ..motion import MotionModel, mouth_opening
+from ..motion import mouth_opening
 from ..motion.data import load_dataset_clips
 from ..motion.model import check_audio
 from ..render import PersonRenderer
@@ -235,121 +236,147 @@ def evaluate(person_dir: str | os.PathLike, audio_paths: list[str | os.PathLike]
     if config.batch < 1:
         raise InputError(f"--batch must be at least 1, got {config.batch}")
     person, data, out, clips = _check_inputs(person_dir, audio_paths, out)
-    device = resolve_device(config.device)
-    val = data.split("val")
-    count = len(val) if config.frames is None else min(config.frames, len(val))
-    idx = val[:count]
-    fps = person.fps
-    report = _Report()
+    with folder_lock(out):  # one writer per report folder
+        device = resolve_device(config.device)
+        val = data.split("val")
+        count = len(val) if config.frames is None else min(config.frames, len(val))
+        idx = val[:count]
+        fps = person.fps
+        report = _Report()
 
-    # 2. load the models
-    model = MotionModel.load(person.motion_dir, device=device)
-    if model.feature_kind != person.feature_kind:
-        raise InputError(f"the motion model uses {model.feature_kind!r} features but the person model says "
-                         f"{person.feature_kind!r}")
-    renderer = PersonRenderer.load(person.render_dir, device=device)
-    size = renderer.size
-    lpips_net, why_lpips = metrics.load_optional(load_lpips, device)
-    inception, why_fid = (None, None)
-    if count >= MIN_FID_FRAMES:
-        inception, why_fid = metrics.load_optional(load_inception, device)
-    else:
-        why_fid = (f"needs at least {MIN_FID_FRAMES} validation frames, got {count} (on fewer frames the "
-                   f"estimate of 2048-d feature statistics is too noisy to compare)")
+        # 2. load the models
+        loaded = PersonModel.load(person.root, device)
+        model, renderer = loaded.motion, loaded.renderer
+        size = renderer.size
+        lpips_net, why_lpips = metrics.load_optional(load_lpips, device)
+        inception, why_fid = (None, None)
+        if count >= MIN_FID_FRAMES:
+            inception, why_fid = metrics.load_optional(load_inception, device)
+        else:
+            why_fid = (f"needs at least {MIN_FID_FRAMES} validation frames, got {count} (on fewer frames the "
+                       f"estimate of 2048-d feature statistics is too noisy to compare)")
 
-    # 3. motion on the validation audio
-    (clip,) = load_dataset_clips(data.root, person.feature_kind, splits=("val",), min_frames=1)  # as in training
-    features, pitch, truth = clip.features[: 2 * count], clip.pitch[: 2 * count], clip.offsets[:count]
-    predicted, motion_seconds = _timed_predict(model, person, features, pitch, config)
-    motion: dict[str, Any] = {}
-    dist = np.linalg.norm(predicted - truth, axis=-1)  # [N, 68], in inter-ocular distances
-    report.put(motion, "validation.motion.landmark_error_mouth", "landmark_error_mouth",
-               float(dist[:, MOUTH_68].mean() * 100))
-    report.put(motion, "validation.motion.landmark_error_face", "landmark_error_face", float(dist.mean() * 100))
-    open_pred, open_true = mouth_opening(predicted), mouth_opening(truth)
-    report.put(motion, "validation.motion.mouth_opening_corr", "mouth_opening_corr",
-               metrics.pearson(open_pred, open_true), "needs 3 or more frames with a moving mouth")
-    audio = data.audio()
-    loud = metrics.frame_loudness(audio, data.num_frames, fps)[idx]
-    for tag, series in (("pred", open_pred), ("true", open_true)):
-        report.put(motion, f"validation.motion.mouth_loudness_corr_{tag}", f"mouth_loudness_corr_{tag}",
-                   metrics.pearson(series, loud), "needs 3 or more frames with varying loudness and mouth")
-    conf_pred = _sync(report, motion, "validation.motion", "_pred", model, features, predicted)
-    conf_true = _sync(report, motion, "validation.motion", "_true", model, features, truth)
+        # 3. motion on the validation audio
+        (clip,) = load_dataset_clips(data.root, person.feature_kind, splits=("val",), min_frames=1)  # as in training
+        features, pitch, truth = clip.features[: 2 * count], clip.pitch[: 2 * count], clip.offsets[:count]
+        predicted, motion_seconds = _timed_predict(model, person, features, pitch, config)
+        motion: dict[str, Any] = {}
+        dist = np.linalg.norm(predicted - truth, axis=-1)  # [N, 68], in inter-ocular distances
+        report.put(motion, "validation.motion.landmark_error_mouth", "landmark_error_mouth",
+                   float(dist[:, MOUTH_68].mean() * 100))
+        report.put(motion, "validation.motion.landmark_error_face", "landmark_error_face", float(dist.mean() * 100))
+        open_pred, open_true = mouth_opening(predicted), mouth_opening(truth)
+        report.put(motion, "validation.motion.mouth_opening_corr", "mouth_opening_corr",
+                   metrics.pearson(open_pred, open_true), "needs 3 or more frames with a moving mouth")
+        audio = data.audio()
+        loud = metrics.frame_loudness(audio, data.num_frames, fps)[idx]
+        for tag, series in (("pred", open_pred), ("true", open_true)):
+            report.put(motion, f"validation.motion.mouth_loudness_corr_{tag}", f"mouth_loudness_corr_{tag}",
+                       metrics.pearson(series, loud), "needs 3 or more frames with varying loudness and mouth")
+        conf_pred = _sync(report, motion, "validation.motion", "_pred", model, features, predicted)
+        conf_true = _sync(report, motion, "validation.motion", "_true", model, features, truth)
 
-    # 4. render: reconstruction (true landmarks) and audio-driven (predicted), both with the true poses
-    c2w = data.pose["c2w"][idx]
-    recon_windows = _windows(data.motion["offsets"])[idx]  # neighbours from the whole clip, as in training
-    _render(renderer, c2w[:1], recon_windows[:1], 1, "warm-up", False)
-    recon, t_recon = _render(renderer, c2w, recon_windows, config.batch, "render reconstruction", config.progress)
-    driven, t_driven = _render(renderer, c2w, _windows(predicted), config.batch, "render audio-driven",
-                               config.progress)
-    gt = np.stack([cv2.resize(data.frame(int(i)), (size, size), interpolation=cv2.INTER_AREA)
-                   if data.size != size else data.frame(int(i)) for i in idx])
-    background = data.background()
-    if data.size != size:
-        background = cv2.resize(background, (size, size), interpolation=cv2.INTER_AREA)
+        # 4. render: reconstruction (true landmarks) and audio-driven (predicted), both with the true poses
+        c2w = data.pose["c2w"][idx]
+        recon_windows = _windows(data.motion["offsets"])[idx]  # neighbours from the whole clip, as in training
+        _render(renderer, c2w[:1], recon_windows[:1], 1, "warm-up", False)
+        recon, t_recon = _render(renderer, c2w, recon_windows, config.batch, "render reconstruction", config.progress)
+        driven, t_driven = _render(renderer, c2w, _windows(predicted), config.batch, "render audio-driven",
+                                   config.progress)
+        gt = np.stack([cv2.resize(data.frame(int(i)), (size, size), interpolation=cv2.INTER_AREA)
+                       if data.size != size else data.frame(int(i)) for i in idx])
+        background = data.background()
+        if data.size != size:
+            background = cv2.resize(background, (size, size), interpolation=cv2.INTER_AREA)
 
-    # 5. image metrics
-    true_mesh = data.landmarks["mesh"][idx]
-    sections, per_frame = {}, {}
-    for name, frames in (("reconstruction", recon), ("audio_driven", driven)):
-        sections[name], per_frame[name] = _image_metrics(report, name, frames, gt, true_mesh, data.size, lpips_net,
-                                                         device, config.progress)
-        if lpips_net is None:
-            report.skipped[f"validation.{name}.lpips"] = why_lpips
-    bg_stack = np.broadcast_to(background, gt.shape)
-    bg_section: dict[str, Any] = {}
-    report.put(bg_section, "validation.background.psnr", "psnr", float(metrics.psnr(bg_stack, gt).mean()))
-    report.put(bg_section, "validation.background.ssim", "ssim", float(metrics.ssim(bg_stack, gt).mean()))
-    if inception is not None:
-        feats_gt = metrics.inception_features(inception, gt, device)
+        # 5. image metrics
+        true_mesh = data.landmarks["mesh"][idx]
+        sections, per_frame = {}, {}
         for name, frames in (("reconstruction", recon), ("audio_driven", driven)):
-            try:
-                value = metrics.fid_score(metrics.inception_features(inception, frames, device), feats_gt)
-            except ValueError as e:  # e.g. covariances too singular on few frames
-                report.skipped[f"validation.{name}.fid"] = f"cannot be computed on {count} frames ({e})"
-                continue
-            report.put(sections[name], f"validation.{name}.fid", "fid", value)
-        if count < FEW_FID_FRAMES and any("fid" in sections[n] for n in sections):
-            report.notes.append(f"FID is computed on only {count} frames; it is strongly biased below about "
-                                f"{FEW_FID_FRAMES} (compare it only between runs on the same frames)")
-    else:
-        report.skip([f"validation.{n}.fid" for n in ("reconstruction", "audio_driven")], why_fid)
-    report.skipped["syncnet LSE-C/LSE-D"] = NO_SYNCNET
+            sections[name], per_frame[name] = _image_metrics(report, name, frames, gt, true_mesh, data.size, lpips_net,
+                                                             device, config.progress)
+            if lpips_net is None:
+                report.skipped[f"validation.{name}.lpips"] = why_lpips
+        bg_stack = np.broadcast_to(background, gt.shape)
+        bg_section: dict[str, Any] = {}
+        report.put(bg_section, "validation.background.psnr", "psnr", float(metrics.psnr(bg_stack, gt).mean()))
+        report.put(bg_section, "validation.background.ssim", "ssim", float(metrics.ssim(bg_stack, gt).mean()))
+        if inception is not None:
+            feats_gt = metrics.inception_features(inception, gt, device)
+            for name, frames in (("reconstruction", recon), ("audio_driven", driven)):
+                try:
+                    value = metrics.fid_score(metrics.inception_features(inception, frames, device), feats_gt)
+                except ValueError as e:  # e.g. covariances too singular on few frames
+                    report.skipped[f"validation.{name}.fid"] = f"cannot be computed on {count} frames ({e})"
+                    continue
+                report.put(sections[name], f"validation.{name}.fid", "fid", value)
+            if count < FEW_FID_FRAMES and any("fid" in sections[n] for n in sections):
+                report.notes.append(f"FID is computed on only {count} frames; it is strongly biased below about "
+                                    f"{FEW_FID_FRAMES} (compare it only between runs on the same frames)")
+        else:
+            report.skip([f"validation.{n}.fid" for n in ("reconstruction", "audio_driven")], why_fid)
+        report.skipped["syncnet LSE-C/LSE-D"] = NO_SYNCNET
 
-    speed: dict[str, Any] = {}
-    report.put(speed, "validation.speed.render_fps", "render_fps", 2 * count / max(t_recon + t_driven, 1e-9))
-    report.put(speed, "validation.speed.motion_realtime_factor", "motion_realtime_factor",
-               count / fps / max(motion_seconds, 1e-9))
+        speed: dict[str, Any] = {}
+        report.put(speed, "validation.speed.render_fps", "render_fps", 2 * count / max(t_recon + t_driven, 1e-9))
+        report.put(speed, "validation.speed.motion_realtime_factor", "motion_realtime_factor",
+                   count / fps / max(motion_seconds, 1e-9))
 
-    pf: dict[str, Any] = {"frame": [int(i) for i in idx]}
-    for name in ("reconstruction", "audio_driven"):
-        for key, values in per_frame[name].items():
-            pf[f"{key}_{name}"] = [round(float(v), 5) for v in values]
-    pf["mouth_opening_pred"] = [round(float(v), 5) for v in open_pred]
-    pf["mouth_opening_true"] = [round(float(v), 5) for v in open_true]
-    if conf_pred is not None:
-        pf["sync_confidence_pred"] = [round(float(v), 5) for v in conf_pred]
-        pf["sync_confidence_true"] = [round(float(v), 5) for v in conf_true]
+        pf: dict[str, Any] = {"frame": [int(i) for i in idx]}
+        for name in ("reconstruction", "audio_driven"):
+            for key, values in per_frame[name].items():
+                pf[f"{key}_{name}"] = [round(float(v), 5) for v in values]
+        pf["mouth_opening_pred"] = [round(float(v), 5) for v in open_pred]
+        pf["mouth_opening_true"] = [round(float(v), 5) for v in open_true]
+        if conf_pred is not None:
+            pf["sync_confidence_pred"] = [round(float(v), 5) for v in conf_pred]
+            pf["sync_confidence_true"] = [round(float(v), 5) for v in conf_true]
 
-    validation = {"frames": {"first": int(idx[0]), "count": count, "available": len(val)}, "fps": fps,
-                  "seconds": round(count / fps, 3), "image_size": size, "dataset_size": data.size,
-                  "reconstruction": sections["reconstruction"], "audio_driven": sections["audio_driven"],
-                  "background": bg_section, "motion": motion, "speed": speed, "per_frame": pf}
-    if count < len(val):
-        report.notes.append(f"evaluated the first {count} of {len(val)} validation frames (--frames)")
+        validation = {"frames": {"first": int(idx[0]), "count": count, "available": len(val)}, "fps": fps,
+                      "seconds": round(count / fps, 3), "image_size": size, "dataset_size": data.size,
+                      "reconstruction": sections["reconstruction"], "audio_driven": sections["audio_driven"],
+                      "background": bg_section, "motion": motion, "speed": speed, "per_frame": pf}
+        if count < len(val):
+            report.notes.append(f"evaluated the first {count} of {len(val)} validation frames (--frames)")
 
-    # 6. audio the model never saw: sync measures and speed
-    sync_panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
-    if conf_pred is not None:
-        centres = (idx[0] + np.arange(len(conf_pred)) + SYNC_WINDOW // 2) / fps  # time in the training clip
-        sync_panels["validation clip (time in the training clip)"] = {
-            "predicted landmarks": (centres, conf_pred), "ground-truth landmarks": (centres, conf_true)}
+        # 6. audio the model never saw: sync measures and speed
+        sync_panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+        if conf_pred is not None:
+            centres = (idx[0] + np.arange(len(conf_pred)) + SYNC_WINDOW // 2) / fps  # time in the training clip
+            sync_panels["validation clip (time in the training clip)"] = {
+                "predicted landmarks": (centres, conf_pred), "ground-truth landmarks": (centres, conf_true)}
+        entries = _unseen_audio(report, loaded, clips, count, config, sync_panels)
+
+        result = {"format": FORMAT, "version": VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                  "person": str(person.root), "device": str(device),
+                  "config": {k: v for k, v in asdict(config).items() if k not in ("device", "progress")},
+                  "validation": validation, "audio": entries, "skipped": report.skipped, "notes": report.notes,
+                  "plots": dict(plots.PLOTS)}
+
+        # 7. write: plots, report.md, then report.json (last: its presence marks a finished report)
+        out.mkdir(exist_ok=True)
+        (out / "report.json").unlink(missing_ok=True)  # an older report must not pass for this one meanwhile
+        seconds = idx / fps  # time in the training clip
+        psnr_series = {"reconstruction (true landmarks)": per_frame["reconstruction"]["psnr"],
+                       "audio-driven (predicted landmarks)": per_frame["audio_driven"]["psnr"]}
+        plots.plot_psnr(out / plots.PLOTS["psnr"], idx, psnr_series, bg_section.get("psnr"))
+        plots.plot_mouth(out / plots.PLOTS["mouth"], seconds, open_pred, open_true)
+        plots.plot_sync(out / plots.PLOTS["sync"], sync_panels)
+        with atomic_path(out / "report.md") as tmp:
+            tmp.write_text(markdown(result))
+        write_json(out / "report.json", result)
+        return result
+
+
+def _unseen_audio(report: _Report, loaded: PersonModel, clips: list[tuple[Path, np.ndarray]], count: int,
+                  config: EvalConfig, sync_panels: dict) -> list[dict]:
+    """Sync measures and speeds of each --audio clip (the ``audio`` entries of the report); adds each clip's
+    SyncNet confidence curve to ``sync_panels``."""
+    model, renderer, person, fps = loaded.motion, loaded.renderer, loaded.person, loaded.fps
     entries = []
     for k, (path, speech) in enumerate(tqdm(clips, desc="audio", unit="file", disable=not (config.progress and clips))):
         start = time.perf_counter()
-        feats, speech_pitch = model.features_for_audio(speech, model_path=person.feature_model)
+        feats, speech_pitch = model.features_for_audio(speech, model_path=person.feature_model_for(None))
         t_feat = time.perf_counter() - start
         offsets, t_pred = _timed_predict(model, person, feats, speech_pitch, config)
         frames_n = len(offsets)
@@ -373,26 +400,7 @@ def evaluate(person_dir: str | os.PathLike, audio_paths: list[str | os.PathLike]
     if clips:
         report.notes.append(f"for --audio files, render_fps is timed on their first {count} frames or fewer "
                             f"(as many as the validation frames evaluated)")
-
-    result = {"format": FORMAT, "version": VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-              "person": str(person.root), "device": str(device),
-              "config": {k: v for k, v in asdict(config).items() if k not in ("device", "progress")},
-              "validation": validation, "audio": entries, "skipped": report.skipped, "notes": report.notes,
-              "plots": dict(plots.PLOTS)}
-
-    # 7. write: plots, report.md, then report.json (last: its presence marks a finished report)
-    out.mkdir(exist_ok=True)
-    (out / "report.json").unlink(missing_ok=True)  # an older report must not pass for this one meanwhile
-    seconds = idx / fps  # time in the training clip
-    psnr_series = {"reconstruction (true landmarks)": per_frame["reconstruction"]["psnr"],
-                   "audio-driven (predicted landmarks)": per_frame["audio_driven"]["psnr"]}
-    plots.plot_psnr(out / plots.PLOTS["psnr"], idx, psnr_series, bg_section.get("psnr"))
-    plots.plot_mouth(out / plots.PLOTS["mouth"], seconds, open_pred, open_true)
-    plots.plot_sync(out / plots.PLOTS["sync"], sync_panels)
-    with atomic_path(out / "report.md") as tmp:
-        tmp.write_text(markdown(result))
-    write_json(out / "report.json", result)
-    return result
+    return entries
 
 
 # --- Markdown ----------------------------------------------------------------------------------

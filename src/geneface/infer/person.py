@@ -68,22 +68,36 @@ class Person:
         if not (self.root / "person.json").exists():
             raise InputError(f"{self.root} is not a person model (no person.json); make one with "
                              f"`geneface train all VIDEO --out {self.root}`")
+        check_contained(self.root)  # before any file of it is read
+        if (self.root / "person.json").stat().st_size > MAX_JSON_BYTES:
+            raise InputError(f"{self.root / 'person.json'} is too large to be a person model's")
         try:
             meta = read_json(self.root / "person.json")
         except ValueError:
             raise InputError(f"{self.root / 'person.json'} is corrupt") from None
-        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
+            version = meta.get("version") if isinstance(meta, dict) else None
             raise InputError(f"{self.root} is a person model of another format version "
-                             f"({meta.get('version')}; this geneface reads {VERSION})")
+                             f"({version}; this geneface reads {VERSION})")
+        for key in ("motion", "render"):
+            self._inside(meta.get(key), f"person.json's {key!r}")
         self.meta = meta
         try:
-            track = read_npz(self.root / "track.npz")
+            track = read_npz(self.root / "track.npz", max_bytes=MAX_TRACK_BYTES)
         except (OSError, ValueError) as e:
             raise InputError(f"{self.root / 'track.npz'} is missing or corrupt ({e.__class__.__name__})") from None
+        _check_track(track, self.root / "track.npz")
         self.c2w: np.ndarray = track["c2w"]
         self.intrinsics: np.ndarray = track["intrinsics"]
         self.stats = LandmarkStats(track["low"], track["high"], track["pca_mean"], track["pca_basis"],
                                    track["mean68"], float(track["iod"]))
+
+    def _inside(self, name: object, what: str) -> Path:
+        """``root / name`` for a plain relative folder name that stays inside the person folder."""
+        if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts \
+                or "\x00" in name:
+            raise InputError(f"{self.root}: {what} must be a folder name inside the person model, got {name!r}")
+        return self.root / name
 
     @property
     def fps(self) -> float:
@@ -99,17 +113,38 @@ class Person:
 
     @property
     def feature_model(self) -> Path | None:
-        """The local model folder the audio features need (hubert), as given to `train all`, or None."""
+        """The local model folder the audio features need (hubert), as given to `train all`, when it lies inside
+        the person folder; one outside it is never followed (see `named_feature_model`)."""
+        path = self.named_feature_model
+        if path is None:
+            return None
+        full = path if path.is_absolute() else self.root / path
+        return full if _within(full, self.root) else None
+
+    def feature_model_for(self, given: str | os.PathLike | None) -> Path | None:
+        """The feature model folder to use: ``given`` (the user's option), else the one inside the person folder.
+        One that person.json names outside the folder is used only when the user names it."""
+        if given:
+            return Path(given)
+        if self.feature_model is None and self.named_feature_model is not None and self.feature_kind == "hubert":
+            raise InputError(f"{self.root} names a feature model outside its folder ({self.named_feature_model}); "
+                             f"a person model's own files are the only ones read unless you name another: pass "
+                             f"--feature-model {self.named_feature_model} to use it")
+        return self.feature_model
+
+    @property
+    def named_feature_model(self) -> Path | None:
+        """The feature model folder person.json names, wherever it is (for messages)."""
         path = self.meta.get("feature_model")
-        return Path(path) if path else None
+        return Path(path) if isinstance(path, str) and path and "\x00" not in path else None
 
     @property
     def motion_dir(self) -> Path:
-        return self.root / self.meta["motion"]
+        return self._inside(self.meta["motion"], "person.json's 'motion'")
 
     @property
     def render_dir(self) -> Path:
-        return self.root / self.meta["render"]
+        return self._inside(self.meta["render"], "person.json's 'render'")
 
     @property
     def data_dir(self) -> Path | None:
@@ -130,6 +165,42 @@ class Person:
                                           "size": data.size, "features": feature_kind,
                                           "motion": motion, "render": render,
                                           "feature_model": str(feature_model.resolve()) if feature_model else None})
+
+
+MAX_JSON_BYTES = 1 << 20
+"""A person.json larger than this is not one geneface wrote."""
+MAX_TRACK_BYTES = 256 << 20
+"""A track.npz whose arrays take more memory than this is not one geneface wrote (5 hours of poses take 30 MB)."""
+
+
+def _within(path: Path, root: Path) -> bool:
+    return path.resolve().is_relative_to(root.resolve())
+
+
+def check_contained(root: Path) -> None:
+    """Refuse a folder holding a symbolic link that leads outside it: a person model may come from someone
+    else, and loading it must never read a file elsewhere."""
+    top = root.resolve()
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            if path.is_symlink() and not path.resolve().is_relative_to(top):
+                raise InputError(f"{path} links outside the person model ({os.readlink(path)}); a person model "
+                                 f"must hold its own files")
+
+
+def _check_track(track: dict[str, np.ndarray], path: Path) -> None:
+    """The arrays of track.npz have the shapes `Person.write` gives them, and finite values."""
+    shapes = {"c2w": (None, 4, 4), "intrinsics": (3, 3), "low": (68, 3), "high": (68, 3), "pca_mean": (204,),
+              "pca_basis": (None, 204), "mean68": (68, 3), "iod": ()}
+    for key, shape in shapes.items():
+        a = track.get(key)
+        if a is None or a.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, a.shape)) \
+                or a.dtype.kind != "f" or not np.isfinite(a).all():
+            got = "missing" if a is None else f"{a.dtype} {list(a.shape)}"
+            raise InputError(f"{path}: {key!r} must be finite floats of shape {list(shape)} (None: any), got {got}")
+    if len(track["c2w"]) == 0 or not 0 < len(track["pca_basis"]) <= 204 or not float(track["iod"]) > 0:
+        raise InputError(f"{path} is corrupt (empty pose track, basis or inter-ocular distance)")
 
 
 def project_landmarks(offsets: np.ndarray, c2w: np.ndarray, K: np.ndarray, stats: LandmarkStats) -> np.ndarray:

@@ -91,7 +91,7 @@ class PersonModel:
         num_frames = self.num_frames(audio)
         offsets = self.motion.predict_audio(audio, num_frames=num_frames, temperature=config.temperature,
                                             seed=config.seed,
-                                            model_path=config.feature_model or self.person.feature_model)
+                                            model_path=self.person.feature_model_for(config.feature_model))
         return stabilise(offsets, self.person.stats, smoothing=config.smoothing, mouth_scale=config.mouth_scale,
                          blink=config.blink, fps=self.fps, seed=config.seed)
 
@@ -122,11 +122,12 @@ class PersonModel:
         at a time: a long clip never holds more than one batch."""
         points = (project_landmarks(offsets, c2w, self.renderer.intrinsics, self.person.stats)  # renderer's size
                   if config.side_by_side else None)
-        windows = PersonRenderer.windows(torch.from_numpy(offsets).float())  # [T, 5, 68, 3]
+        landmarks = torch.from_numpy(np.ascontiguousarray(offsets, dtype=np.float32))  # [T, 68, 3]
         starts = range(0, len(offsets), config.batch)
         for start in tqdm(starts, desc="render", unit="batch", disable=not progress):
             idx = np.arange(start, min(start + config.batch, len(offsets)))
-            rgb = self.renderer.render(torch.from_numpy(c2w[idx]).float(), windows[idx]).rgb
+            windows = PersonRenderer.windows(landmarks, torch.from_numpy(idx))  # [B, 5, 68, 3]
+            rgb = self.renderer.render(torch.from_numpy(c2w[idx]).float(), windows).rgb
             for j, frame in zip(idx, (rgb.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)):
                 if points is not None:
                     frame = np.hstack([frame, draw_landmarks(points[j], frame.shape[0])])

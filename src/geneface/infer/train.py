@@ -19,6 +19,7 @@ from ..device import DEVICES, defaults_for, resolve_device
 from ..engine import RunFolder
 from ..engine.run import differing_settings
 from ..errors import InputError
+from ..fileio import folder_lock
 from ..features import FEATURE_KINDS
 from ..motion.model import RUN_KIND as MOTION_RUN
 from ..motion.presets import PRESETS
@@ -88,50 +89,51 @@ def train_person(video: str | os.PathLike, out: str | os.PathLike, config: Train
 
     # 1. the dataset
     check_source(Path(video), config.audio)  # before any folder is made
-    data = out / "data"
-    _check_dataset(data, size, config.force)
-    _stage("process", data)
-    process(video, data, ProcessConfig(size=size, audio=config.audio, features=(config.features,),
-                                       feature_model=config.feature_model))
+    with folder_lock(out):  # one train_person per person folder
+        data = out / "data"
+        _check_dataset(data, size, config.force)
+        _stage("process", data)
+        process(video, data, ProcessConfig(size=size, audio=config.audio, features=(config.features,),
+                                           feature_model=config.feature_model))
 
-    # 2. motion: trained on the person, or a prior adapted with the postnet
-    motion_dir = out / "motion"
-    if config.prior is None:
-        preset = config.motion_preset or defaults.motion_preset
-        cfg = config.motion if config.motion_steps is None else \
-            replace(config.motion, steps=config.motion_steps, syncnet_steps=config.motion_steps)
-        wanted = {"training": config_to_dict(cfg), "preset": preset, "feature_kind": config.features,
-                  "postnet": None}
-        if _keep(RunFolder(motion_dir, MOTION_RUN), wanted, config.force, "train motion"):
-            train_motion([data], motion_dir, kind=config.features, preset_name=preset, config=cfg,
-                         device=config.device, progress=progress)
-    else:
-        cfg = config.postnet if config.motion_steps is None else replace(config.postnet, steps=config.motion_steps)
-        wanted = {"postnet_training": config_to_dict(cfg), "feature_kind": config.features,
-                  "init": str(config.prior)}
-        if _keep(RunFolder(motion_dir, MOTION_RUN), wanted, config.force, "train postnet"):
-            prior_kind = RunFolder(config.prior, MOTION_RUN).read_config().get("feature_kind")
-            if prior_kind != config.features:
-                raise InputError(f"--prior {config.prior} was trained on {prior_kind!r} features, not "
-                                 f"{config.features!r}; give --features {prior_kind}")
-            train_postnet(data, config.prior, motion_dir, config=cfg, device=config.device, progress=progress)
+        # 2. motion: trained on the person, or a prior adapted with the postnet
+        motion_dir = out / "motion"
+        if config.prior is None:
+            preset = config.motion_preset or defaults.motion_preset
+            cfg = config.motion if config.motion_steps is None else \
+                replace(config.motion, steps=config.motion_steps, syncnet_steps=config.motion_steps)
+            wanted = {"training": config_to_dict(cfg), "preset": preset, "feature_kind": config.features,
+                      "postnet": None}
+            if _keep(RunFolder(motion_dir, MOTION_RUN), wanted, config.force, "train motion"):
+                train_motion([data], motion_dir, kind=config.features, preset_name=preset, config=cfg,
+                             device=config.device, progress=progress)
+        else:
+            cfg = config.postnet if config.motion_steps is None else replace(config.postnet, steps=config.motion_steps)
+            wanted = {"postnet_training": config_to_dict(cfg), "feature_kind": config.features,
+                      "init": str(config.prior)}
+            if _keep(RunFolder(motion_dir, MOTION_RUN), wanted, config.force, "train postnet"):
+                prior_kind = RunFolder(config.prior, MOTION_RUN).read_config().get("feature_kind")
+                if prior_kind != config.features:
+                    raise InputError(f"--prior {config.prior} was trained on {prior_kind!r} features, not "
+                                     f"{config.features!r}; give --features {prior_kind}")
+                train_postnet(data, config.prior, motion_dir, config=cfg, device=config.device, progress=progress)
 
-    # 3. renderer
-    render_dir = out / "render"
-    rcfg = replace(config.render, size=config.render.size or size, steps=config.render_steps or config.render.steps)
-    resolutions_given = rcfg.model.resolutions != ModelConfig().resolutions
-    resolved = resolve_config(device, PersonDataset(data).size, rcfg, resolutions_given)
-    settings = asdict(resolved)
-    wanted = {"model": settings.pop("model"), "train": settings}
-    if _keep(RunFolder(render_dir, RENDER_RUN), wanted, config.force, "train render"):
-        train_render(data, render_dir, rcfg, device=device, progress=progress)
+        # 3. renderer
+        render_dir = out / "render"
+        rcfg = replace(config.render, size=config.render.size or size, steps=config.render_steps or config.render.steps)
+        resolutions_given = rcfg.model.resolutions != ModelConfig().resolutions
+        resolved = resolve_config(device, PersonDataset(data).size, rcfg, resolutions_given)
+        settings = asdict(resolved)
+        wanted = {"model": settings.pop("model"), "train": settings}
+        if _keep(RunFolder(render_dir, RENDER_RUN), wanted, config.force, "train render"):
+            train_render(data, render_dir, rcfg, device=device, progress=progress)
 
-    # 4. the person model
-    Person.write(out, PersonDataset(data), feature_kind=config.features, feature_model=config.feature_model)
-    model = PersonModel.load(out, device)
-    log.info(f"person model written to {out}; render speech with: geneface infer --person {out} --audio SPEECH "
-             f"--out OUT.mp4")
-    return model
+        # 4. the person model
+        Person.write(out, PersonDataset(data), feature_kind=config.features, feature_model=config.feature_model)
+        model = PersonModel.load(out, device)
+        log.info(f"person model written to {out}; render speech with: geneface infer --person {out} --audio SPEECH "
+                 f"--out OUT.mp4")
+        return model
 
 
 def _stage(name: str, folder: Path) -> None:

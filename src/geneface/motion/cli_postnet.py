@@ -6,12 +6,12 @@ motion run to --out."""
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from ..cliopts import add_config_options, config_from_args
 from ..device import DEVICES
 from ..engine import close_distributed
+from .cli_train import print_metrics
 from .train import PostnetTrainConfig, train_postnet
 
 
@@ -35,7 +35,5 @@ def run(args: argparse.Namespace) -> int:
                                 device=args.device, tensorboard=args.tensorboard)
     finally:
         close_distributed()
-    if os.environ.get("RANK", "0") == "0":
-        print("metrics: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                      for k, v in metrics.items()))
+    print_metrics(metrics)
     return 0

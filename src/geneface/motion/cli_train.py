@@ -41,7 +41,12 @@ def run(args: argparse.Namespace) -> int:
                                config=config, device=args.device, tensorboard=args.tensorboard)
     finally:
         close_distributed()
+    print_metrics(metrics)
+    return 0
+
+
+def print_metrics(metrics: dict) -> None:
+    """The run's measures on one line (rank 0 only, under torchrun)."""
     if os.environ.get("RANK", "0") == "0":
         print("metrics: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                       for k, v in metrics.items()))
-    return 0

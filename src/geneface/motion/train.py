@@ -180,131 +180,132 @@ def train_motion(data: Sequence[str | os.PathLike], out: str | os.PathLike, *, i
     cfg = config or MotionTrainConfig()
     dist = init_distributed(device)
     run = RunFolder(out, RUN_KIND, dist)
-    state = run.begin(f"choose another --out, or fine-tune it with --init {run.root}")
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
-    init_model = MotionModel.load(init) if init is not None and state is None else None
+    with run:  # one writer per run folder
+        state = run.begin(f"choose another --out, or fine-tune it with --init {run.root}")
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
+        init_model = MotionModel.load(init) if init is not None and state is None else None
 
-    # 1. feature kind: from the checkpoint being resumed, the run being fine-tuned, or the option
-    if state is not None:
-        run.check_same_settings(state.get("train", {}), config_to_dict(cfg), RESUMABLE_CHANGES)
-        run_kind, where = state["feature_kind"], f"the interrupted run in {run.root}"
-    elif init_model is not None:
-        run_kind, where = init_model.feature_kind, f"--init {init}"
-    else:
-        run_kind, where = kind or _default_kind(data), ""
-    if kind is not None and kind != run_kind:
-        raise InputError(f"{where} uses {run_kind!r} features but --features is {kind!r}")
+        # 1. feature kind: from the checkpoint being resumed, the run being fine-tuned, or the option
+        if state is not None:
+            run.check_same_settings(state.get("train", {}), config_to_dict(cfg), RESUMABLE_CHANGES)
+            run_kind, where = state["feature_kind"], f"the interrupted run in {run.root}"
+        elif init_model is not None:
+            run_kind, where = init_model.feature_kind, f"--init {init}"
+        else:
+            run_kind, where = kind or _default_kind(data), ""
+        if kind is not None and kind != run_kind:
+            raise InputError(f"{where} uses {run_kind!r} features but --features is {kind!r}")
 
-    # 2. data; the ends of the training clips are kept from the SyncNet to decide on its loss
-    d = _open_data(data, run_kind, cfg, dist)
-    sync_source, holdout = d.source.split_tail(cfg.sync_holdout)
+        # 2. data; the ends of the training clips are kept from the SyncNet to decide on its loss
+        d = _open_data(data, run_kind, cfg, dist)
+        sync_source, holdout = d.source.split_tail(cfg.sync_holdout)
 
-    # 3. models
-    if state is not None:
-        syncnet = SyncNet.from_config_record(state["syncnet"], str(run.state_dir))
-        generator = Audio2Motion.from_config_record(state["generator"], str(run.state_dir))
-        run.load_state({"syncnet": syncnet, "generator": generator}, {})
-        info = state.get("info", {})
-    elif init_model is not None:
-        syncnet, generator = init_model.syncnet, init_model.generator
-        info = {"preset": init_model.info.get("preset"), "init": str(init)}
-    else:
-        s_cfg, g_cfg, _ = preset(preset_name, d.source.feature_dim)
-        syncnet, generator = SyncNet(s_cfg), Audio2Motion(g_cfg)
-        mean, std, scale = data_stats(d.source, seed=cfg.seed)
-        syncnet.set_stats(mean, std, scale)
-        generator.set_stats(mean, std, scale)
-        info = {"preset": preset_name}
-    if generator.config.feature_dim != d.source.feature_dim:
-        raise InputError(f"the model expects {generator.config.feature_dim}-channel features, the {run_kind!r} "
-                         f"features of the data have {d.source.feature_dim}")
-    syncnet.to(dist.device)
-    generator.to(dist.device)
-    s_opt = torch.optim.Adam(syncnet.parameters(), lr=cfg.syncnet_lr, betas=(0.9, 0.999))
-    g_opt = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
-    stage, step = ("syncnet", 0) if state is None else (state["stage"], int(state["step"]))
-    sync = {"enabled": bool(state.get("sync_enabled", False)) if state else False,
-            "auc": state.get("syncnet_auc") if state else None}
-    if state is not None:
-        run.load_state({}, {"syncnet_optim": s_opt, "generator_optim": g_opt})
+        # 3. models
+        if state is not None:
+            syncnet = SyncNet.from_config_record(state["syncnet"], str(run.state_dir))
+            generator = Audio2Motion.from_config_record(state["generator"], str(run.state_dir))
+            run.load_state({"syncnet": syncnet, "generator": generator}, {})
+            info = state.get("info", {})
+        elif init_model is not None:
+            syncnet, generator = init_model.syncnet, init_model.generator
+            info = {"preset": init_model.info.get("preset"), "init": str(init)}
+        else:
+            s_cfg, g_cfg, _ = preset(preset_name, d.source.feature_dim)
+            syncnet, generator = SyncNet(s_cfg), Audio2Motion(g_cfg)
+            mean, std, scale = data_stats(d.source, seed=cfg.seed)
+            syncnet.set_stats(mean, std, scale)
+            generator.set_stats(mean, std, scale)
+            info = {"preset": preset_name}
+        if generator.config.feature_dim != d.source.feature_dim:
+            raise InputError(f"the model expects {generator.config.feature_dim}-channel features, the {run_kind!r} "
+                             f"features of the data have {d.source.feature_dim}")
+        syncnet.to(dist.device)
+        generator.to(dist.device)
+        s_opt = torch.optim.Adam(syncnet.parameters(), lr=cfg.syncnet_lr, betas=(0.9, 0.999))
+        g_opt = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+        stage, step = ("syncnet", 0) if state is None else (state["stage"], int(state["step"]))
+        sync = {"enabled": bool(state.get("sync_enabled", False)) if state else False,
+                "auc": state.get("syncnet_auc") if state else None}
+        if state is not None:
+            run.load_state({}, {"syncnet_optim": s_opt, "generator_optim": g_opt})
+            if dist.main:
+                log.info(f"resuming {stage} training at step {step}")
+
+        def save(stage_now: str, step_now: int) -> None:
+            run.save_state({"syncnet": syncnet, "generator": generator},
+                           {"syncnet_optim": s_opt, "generator_optim": g_opt},
+                           {"stage": stage_now, "step": step_now, "feature_kind": run_kind,
+                            "syncnet": syncnet.config_record(), "generator": generator.config_record(),
+                            "sync_enabled": sync["enabled"], "syncnet_auc": sync["auc"], "info": info,
+                            "train": config_to_dict(cfg)})
+
+        trainer = Trainer(run, dist, log_every=cfg.log_every, tensorboard=tensorboard, progress=progress,
+                          memory_hint="use a smaller --batch-size or --window")
+        seed = _seed(cfg, dist, step)
+        augment = VoiceAugment() if cfg.augment and run_kind == "mel" else None
+        rng = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+
+        # 4. SyncNet, then the decision on its loss
+        if stage == "syncnet":
+            sampler = WindowSampler(sync_source, cfg.window, cfg.batch_size, seed=cfg.seed * 1000 + seed - cfg.seed,
+                                    augment=augment)
+            syncnet.train()
+            s_loss = dist.wrap(LossCall(syncnet, "loss"))
+            s_params = list(syncnet.parameters())
+
+            def syncnet_step(i: int) -> dict[str, torch.Tensor]:
+                _set_lr(s_opt, _cosine(i, cfg.syncnet_steps, cfg.syncnet_lr, floor=0.05))
+                b = sampler.next().to(dist.device)
+                audio, mouth, label = syncnet.sample_pairs(b.features, b.offsets, b.mask, cfg.syncnet_pairs, rng)
+                return _optimize(s_loss(audio, mouth, label), s_params, s_opt, cfg.clip_grad)
+
+            trainer.fit("syncnet", step, cfg.syncnet_steps, syncnet_step, checkpoint=lambda i: save("syncnet", i),
+                        save_every=cfg.save_every)
+            syncnet.eval()
+            sync.update(_decide_sync_loss(syncnet, holdout, cfg, dist))
+            stage, step = "generator", 0
+            save(stage, step)
+
+        # 5. generator
+        syncnet.eval().requires_grad_(False)
+        if stage == "generator":
+            sampler = WindowSampler(d.source, cfg.window, cfg.batch_size, seed=cfg.seed * 1000 + seed - cfg.seed,
+                                    augment=augment)
+            generator.train()
+            g_loss = dist.wrap(LossCall(generator, "loss"))
+            g_params = list(generator.parameters())
+            sync_from = int(cfg.sync_start * cfg.steps)
+
+            def generator_step(i: int) -> dict[str, torch.Tensor]:
+                _set_lr(g_opt, _cosine(i, cfg.steps, cfg.lr, warmup=min(cfg.warmup, cfg.steps // 10)))
+                b = sampler.next().to(dist.device)
+                use_sync = syncnet if (sync["enabled"] and i >= sync_from) else None
+                losses = g_loss(b.features, b.pitch, b.offsets, b.mask, syncnet=use_sync, generator=rng)
+                return _optimize(losses, g_params, g_opt, cfg.clip_grad)
+
+            trainer.fit("generator", step, cfg.steps, generator_step, checkpoint=lambda i: save("generator", i),
+                        save_every=cfg.save_every)
+        trainer.close()
+
+        # 6. measures and the finished run (config.json last)
+        generator.eval()
+        model = MotionModel(run_kind, syncnet, generator, None, info)
+        eval_clips = d.val_clips or d.train_clips
+        metrics = {"syncnet_auc": sync["auc"], "sync_loss_used": sync["enabled"],
+                   "split": "val" if d.val_clips else "train"}
+        if d.corpus_info is not None:
+            metrics["val_speakers"] = d.corpus_info["val_speakers"]
         if dist.main:
-            log.info(f"resuming {stage} training at step {step}")
-
-    def save(stage_now: str, step_now: int) -> None:
-        run.save_state({"syncnet": syncnet, "generator": generator},
-                       {"syncnet_optim": s_opt, "generator_optim": g_opt},
-                       {"stage": stage_now, "step": step_now, "feature_kind": run_kind,
-                        "syncnet": syncnet.config_record(), "generator": generator.config_record(),
-                        "sync_enabled": sync["enabled"], "syncnet_auc": sync["auc"], "info": info,
-                        "train": config_to_dict(cfg)})
-
-    trainer = Trainer(run, dist, log_every=cfg.log_every, tensorboard=tensorboard, progress=progress,
-                      memory_hint="use a smaller --batch-size or --window")
-    seed = _seed(cfg, dist, step)
-    augment = VoiceAugment() if cfg.augment and run_kind == "mel" else None
-    rng = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-
-    # 4. SyncNet, then the decision on its loss
-    if stage == "syncnet":
-        sampler = WindowSampler(sync_source, cfg.window, cfg.batch_size, seed=cfg.seed * 1000 + seed - cfg.seed,
-                                augment=augment)
-        syncnet.train()
-        s_loss = dist.wrap(LossCall(syncnet, "loss"))
-        s_params = list(syncnet.parameters())
-
-        def syncnet_step(i: int) -> dict[str, torch.Tensor]:
-            _set_lr(s_opt, _cosine(i, cfg.syncnet_steps, cfg.syncnet_lr, floor=0.05))
-            b = sampler.next().to(dist.device)
-            audio, mouth, label = syncnet.sample_pairs(b.features, b.offsets, b.mask, cfg.syncnet_pairs, rng)
-            return _optimize(s_loss(audio, mouth, label), s_params, s_opt, cfg.clip_grad)
-
-        trainer.fit("syncnet", step, cfg.syncnet_steps, syncnet_step, checkpoint=lambda i: save("syncnet", i),
-                    save_every=cfg.save_every)
-        syncnet.eval()
-        sync.update(_decide_sync_loss(syncnet, holdout, cfg, dist))
-        stage, step = "generator", 0
-        save(stage, step)
-
-    # 5. generator
-    syncnet.eval().requires_grad_(False)
-    if stage == "generator":
-        sampler = WindowSampler(d.source, cfg.window, cfg.batch_size, seed=cfg.seed * 1000 + seed - cfg.seed,
-                                augment=augment)
-        generator.train()
-        g_loss = dist.wrap(LossCall(generator, "loss"))
-        g_params = list(generator.parameters())
-        sync_from = int(cfg.sync_start * cfg.steps)
-
-        def generator_step(i: int) -> dict[str, torch.Tensor]:
-            _set_lr(g_opt, _cosine(i, cfg.steps, cfg.lr, warmup=min(cfg.warmup, cfg.steps // 10)))
-            b = sampler.next().to(dist.device)
-            use_sync = syncnet if (sync["enabled"] and i >= sync_from) else None
-            losses = g_loss(b.features, b.pitch, b.offsets, b.mask, syncnet=use_sync, generator=rng)
-            return _optimize(losses, g_params, g_opt, cfg.clip_grad)
-
-        trainer.fit("generator", step, cfg.steps, generator_step, checkpoint=lambda i: save("generator", i),
-                    save_every=cfg.save_every)
-    trainer.close()
-
-    # 6. measures and the finished run (config.json last)
-    generator.eval()
-    model = MotionModel(run_kind, syncnet, generator, None, info)
-    eval_clips = d.val_clips or d.train_clips
-    metrics = {"syncnet_auc": sync["auc"], "sync_loss_used": sync["enabled"],
-               "split": "val" if d.val_clips else "train"}
-    if d.corpus_info is not None:
-        metrics["val_speakers"] = d.corpus_info["val_speakers"]
-    if dist.main:
-        metrics["syncnet_auc_" + metrics["split"]] = syncnet_auc(syncnet, eval_subset(eval_clips, 64), seed=cfg.seed)
-        metrics.update(motion_metrics(model, eval_subset(eval_clips), temperature=1.0))
-        model.save(run.root, training={**config_to_dict(cfg), "world_size": dist.world,
-                                       "data": [str(p) for p in data],
-                                       **({"corpus": d.corpus_info} if d.corpus_info is not None else {})},
-                   metrics=metrics)
-        log.info(f"motion model written to {run.root}")
-    run.finish()
-    return dist.from_main(metrics)
+            metrics["syncnet_auc_" + metrics["split"]] = syncnet_auc(syncnet, eval_subset(eval_clips, 64), seed=cfg.seed)
+            metrics.update(motion_metrics(model, eval_subset(eval_clips), temperature=1.0))
+            model.save(run.root, training={**config_to_dict(cfg), "world_size": dist.world,
+                                           "data": [str(p) for p in data],
+                                           **({"corpus": d.corpus_info} if d.corpus_info is not None else {})},
+                       metrics=metrics)
+            log.info(f"motion model written to {run.root}")
+        run.finish()
+        return dist.from_main(metrics)
 
 
 def _decide_sync_loss(syncnet: SyncNet, holdout: list[MotionClip], cfg: MotionTrainConfig, dist: Dist) -> dict:
@@ -336,100 +337,101 @@ def train_postnet(person: str | os.PathLike, init: str | os.PathLike, out: str |
     if Path(out).resolve() == Path(init).resolve():
         raise InputError("--out must differ from --init (the pretrained run stays as it is)")
     run = RunFolder(out, RUN_KIND, dist)
-    state = run.begin()
-    if state is not None:
-        run.check_same_settings(state.get("train", {}), config_to_dict(cfg), RESUMABLE_CHANGES)
-    torch.manual_seed(cfg.seed)
-    base = MotionModel.load(init)
-    kind = base.feature_kind
+    with run:  # one writer per run folder
+        state = run.begin()
+        if state is not None:
+            run.check_same_settings(state.get("train", {}), config_to_dict(cfg), RESUMABLE_CHANGES)
+        torch.manual_seed(cfg.seed)
+        base = MotionModel.load(init)
+        kind = base.feature_kind
 
-    # 1. data: the person's windows, and optionally other speakers' audio
-    person_clips = load_clips([person], kind, ("train",))
-    val_clips = load_clips([person], kind, ("val",))
-    if not person_clips:
-        raise InputError(f"the training split of {person} is too short to train on")
-    person_src = ClipSet(person_clips)
-    audio_src = open_window_source(audio, kind) if audio else None
-    for src, what in ((person_src, str(person)), (audio_src, "the --audio clips")):
-        if src is not None and src.feature_dim != base.feature_dim:
-            raise InputError(f"{init} expects {base.feature_dim}-channel {kind!r} features; {what} "
-                             f"{'has' if src is person_src else 'have'} {src.feature_dim}")
+        # 1. data: the person's windows, and optionally other speakers' audio
+        person_clips = load_clips([person], kind, ("train",))
+        val_clips = load_clips([person], kind, ("val",))
+        if not person_clips:
+            raise InputError(f"the training split of {person} is too short to train on")
+        person_src = ClipSet(person_clips)
+        audio_src = open_window_source(audio, kind) if audio else None
+        for src, what in ((person_src, str(person)), (audio_src, "the --audio clips")):
+            if src is not None and src.feature_dim != base.feature_dim:
+                raise InputError(f"{init} expects {base.feature_dim}-channel {kind!r} features; {what} "
+                                 f"{'has' if src is person_src else 'have'} {src.feature_dim}")
 
-    # 2. models
-    if state is not None:
-        postnet = Postnet.from_config_record(state["postnet"], str(run.state_dir))
-    else:
-        postnet = Postnet(postnet_config or preset(base.info.get("preset") or "geneface", base.feature_dim)[2])
-    disc = Discriminator(postnet.config)
-    postnet.motion_scale.copy_(base.generator.motion_scale)
-    disc.motion_scale.copy_(base.generator.motion_scale)
-    generator, syncnet = base.generator.to(dist.device).eval(), base.syncnet.to(dist.device).eval()
-    generator.requires_grad_(False)
-    syncnet.requires_grad_(False)
-    postnet.to(dist.device)
-    disc.to(dist.device)
-    p_opt = torch.optim.RMSprop(postnet.parameters(), lr=cfg.lr)
-    d_opt = torch.optim.RMSprop(disc.parameters(), lr=cfg.disc_lr)
-    modules, optimizers = {"postnet": postnet, "discriminator": disc}, \
-        {"postnet_optim": p_opt, "discriminator_optim": d_opt}
-    step = 0
-    if state is not None:
-        run.load_state(modules, optimizers)
-        step = int(state["step"])
+        # 2. models
+        if state is not None:
+            postnet = Postnet.from_config_record(state["postnet"], str(run.state_dir))
+        else:
+            postnet = Postnet(postnet_config or preset(base.info.get("preset") or "geneface", base.feature_dim)[2])
+        disc = Discriminator(postnet.config)
+        postnet.motion_scale.copy_(base.generator.motion_scale)
+        disc.motion_scale.copy_(base.generator.motion_scale)
+        generator, syncnet = base.generator.to(dist.device).eval(), base.syncnet.to(dist.device).eval()
+        generator.requires_grad_(False)
+        syncnet.requires_grad_(False)
+        postnet.to(dist.device)
+        disc.to(dist.device)
+        p_opt = torch.optim.RMSprop(postnet.parameters(), lr=cfg.lr)
+        d_opt = torch.optim.RMSprop(disc.parameters(), lr=cfg.disc_lr)
+        modules, optimizers = {"postnet": postnet, "discriminator": disc}, \
+            {"postnet_optim": p_opt, "discriminator_optim": d_opt}
+        step = 0
+        if state is not None:
+            run.load_state(modules, optimizers)
+            step = int(state["step"])
+            if dist.main:
+                log.info(f"resuming postnet training at step {step}")
+
+        def save(step_now: int) -> None:
+            run.save_state(modules, optimizers, {"stage": "postnet", "step": step_now, "feature_kind": kind,
+                                                 "postnet": postnet.config_record(), "train": config_to_dict(cfg)})
+
+        # 3. steps
+        trainer = Trainer(run, dist, log_every=cfg.log_every, tensorboard=tensorboard, progress=progress,
+                          memory_hint="use a smaller --batch-size or --window")
+        seed = _seed(cfg, dist, step)
+        half = cfg.batch_size // 2 if audio_src is not None else cfg.batch_size
+        person_sampler = WindowSampler(person_src, cfg.window, half, seed=seed)
+        audio_sampler = (WindowSampler(audio_src, cfg.window, cfg.batch_size - half, seed=seed + 1)
+                         if audio_src is not None else None)
+        rng = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        p_loss = dist.wrap(LossCall(postnet, "loss"))
+        d_loss = dist.wrap(LossCall(disc, "loss"))
+        p_params, d_params = list(postnet.parameters()), list(disc.parameters())
+
+        def postnet_step(i: int) -> dict[str, torch.Tensor]:
+            b = person_sampler.next().to(dist.device)
+            feats, pitch, mask, target_mask = b.features, b.pitch, b.mask, b.mask
+            if audio_sampler is not None:  # other speakers' audio: adversarial and sync terms only
+                e = audio_sampler.next().to(dist.device)
+                feats, pitch = torch.cat([feats, e.features]), torch.cat([pitch, e.pitch])
+                mask = torch.cat([mask, e.mask])
+                target_mask = torch.cat([target_mask, torch.zeros_like(e.mask)])
+            with torch.no_grad():
+                raw = generator.sample(feats, pitch, mask, temperature=cfg.temperature, generator=rng)
+            target = torch.cat([b.offsets, torch.zeros_like(raw[b.offsets.shape[0]:])])
+            disc.requires_grad_(False)
+            losses, refined = p_loss(raw, target, mask, feats, disc, syncnet, rng, target_mask=target_mask)
+            p_values = _optimize(losses, p_params, p_opt, cfg.clip_grad)
+            disc.requires_grad_(True)
+            d_values = _optimize(d_loss(b.offsets, refined.detach(), b.mask, fake_mask=mask), d_params, d_opt,
+                                 cfg.clip_grad)
+            return {**p_values, **{k if k != "grad_norm" else "disc_grad_norm": v for k, v in d_values.items()}}
+
+        trainer.fit("postnet", step, cfg.steps, postnet_step, checkpoint=save, save_every=cfg.save_every)
+        trainer.close()
+
+        # 4. measures and the finished run
+        postnet.eval()
+        model = MotionModel(kind, syncnet, generator, postnet, {k: v for k, v in base.info.items() if k != "metrics"})
+        eval_clips = eval_subset(val_clips or person_clips)
+        metrics: dict = {"split": "val" if val_clips else "train"}
         if dist.main:
-            log.info(f"resuming postnet training at step {step}")
-
-    def save(step_now: int) -> None:
-        run.save_state(modules, optimizers, {"stage": "postnet", "step": step_now, "feature_kind": kind,
-                                             "postnet": postnet.config_record(), "train": config_to_dict(cfg)})
-
-    # 3. steps
-    trainer = Trainer(run, dist, log_every=cfg.log_every, tensorboard=tensorboard, progress=progress,
-                      memory_hint="use a smaller --batch-size or --window")
-    seed = _seed(cfg, dist, step)
-    half = cfg.batch_size // 2 if audio_src is not None else cfg.batch_size
-    person_sampler = WindowSampler(person_src, cfg.window, half, seed=seed)
-    audio_sampler = (WindowSampler(audio_src, cfg.window, cfg.batch_size - half, seed=seed + 1)
-                     if audio_src is not None else None)
-    rng = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    p_loss = dist.wrap(LossCall(postnet, "loss"))
-    d_loss = dist.wrap(LossCall(disc, "loss"))
-    p_params, d_params = list(postnet.parameters()), list(disc.parameters())
-
-    def postnet_step(i: int) -> dict[str, torch.Tensor]:
-        b = person_sampler.next().to(dist.device)
-        feats, pitch, mask, target_mask = b.features, b.pitch, b.mask, b.mask
-        if audio_sampler is not None:  # other speakers' audio: adversarial and sync terms only
-            e = audio_sampler.next().to(dist.device)
-            feats, pitch = torch.cat([feats, e.features]), torch.cat([pitch, e.pitch])
-            mask = torch.cat([mask, e.mask])
-            target_mask = torch.cat([target_mask, torch.zeros_like(e.mask)])
-        with torch.no_grad():
-            raw = generator.sample(feats, pitch, mask, temperature=cfg.temperature, generator=rng)
-        target = torch.cat([b.offsets, torch.zeros_like(raw[b.offsets.shape[0]:])])
-        disc.requires_grad_(False)
-        losses, refined = p_loss(raw, target, mask, feats, disc, syncnet, rng, target_mask=target_mask)
-        p_values = _optimize(losses, p_params, p_opt, cfg.clip_grad)
-        disc.requires_grad_(True)
-        d_values = _optimize(d_loss(b.offsets, refined.detach(), b.mask, fake_mask=mask), d_params, d_opt,
-                             cfg.clip_grad)
-        return {**p_values, **{k if k != "grad_norm" else "disc_grad_norm": v for k, v in d_values.items()}}
-
-    trainer.fit("postnet", step, cfg.steps, postnet_step, checkpoint=save, save_every=cfg.save_every)
-    trainer.close()
-
-    # 4. measures and the finished run
-    postnet.eval()
-    model = MotionModel(kind, syncnet, generator, postnet, {k: v for k, v in base.info.items() if k != "metrics"})
-    eval_clips = eval_subset(val_clips or person_clips)
-    metrics: dict = {"split": "val" if val_clips else "train"}
-    if dist.main:
-        raw_metrics = motion_metrics(model, eval_clips, cfg.temperature, postnet=False)
-        metrics.update({f"{k}_raw": v for k, v in raw_metrics.items()})
-        metrics.update(motion_metrics(model, eval_clips, cfg.temperature))
-        model.save(run.root, postnet_training={**config_to_dict(cfg), "person": str(person), "init": str(init),
-                                               "world_size": dist.world}, metrics=metrics)
-        log.info(f"motion model with postnet written to {run.root}")
-    run.finish()
-    return dist.from_main(metrics)
+            raw_metrics = motion_metrics(model, eval_clips, cfg.temperature, postnet=False)
+            metrics.update({f"{k}_raw": v for k, v in raw_metrics.items()})
+            metrics.update(motion_metrics(model, eval_clips, cfg.temperature))
+            model.save(run.root, postnet_training={**config_to_dict(cfg), "person": str(person), "init": str(init),
+                                                   "world_size": dist.world}, metrics=metrics)
+            log.info(f"motion model with postnet written to {run.root}")
+        run.finish()
+        return dist.from_main(metrics)

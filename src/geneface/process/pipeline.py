@@ -40,7 +40,7 @@ from ..errors import InputError, NoFaceError
 from ..features import FEATURE_KINDS, extract_features
 from ..features.activity import is_silent
 from ..features.mel import f0_hz
-from ..fileio import atomic_dir, atomic_path, read_json, read_npz, write_json, write_npz
+from ..fileio import LOCK_FILE, atomic_dir, atomic_path, folder_lock, read_json, read_npz, write_json, write_npz
 from . import masks as masks_mod
 from . import pose as pose_mod
 
@@ -462,8 +462,15 @@ def process(video: str | Path, out: str | Path, config: ProcessConfig = ProcessC
            "focal_scale": config.focal_scale, "crop_scale": config.crop_scale,
            "pose_smoothing": config.pose_smoothing,
            "audio_sha256": _sha256(config.audio) if config.audio is not None else None}
-    done = _open_output(out, key)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a folder")
+    with folder_lock(out):
+        return _run_steps(video, out, config, info, key)
 
+
+def _run_steps(video: Path, out: Path, config: ProcessConfig, info: media.VideoInfo, key: dict) -> dict:
+    """The steps of `process` (the caller holds the output folder's lock)."""
+    done = _open_output(out, key)
     ctx = Context(video, out, config)
     progress = {"format": FORMAT + "-progress", "version": VERSION, "key": key, "done": done}
     rerun = False
@@ -494,10 +501,7 @@ def _log_notes(notes: list[str]) -> None:
 
 def _open_output(out: Path, key: dict) -> dict:
     """Check that ``out`` is new, ours and compatible; return the steps already done."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file, not a folder")
-    if not out.exists() or not any(out.iterdir()):
-        out.mkdir(parents=True, exist_ok=True)
+    if not any(p.name != LOCK_FILE for p in out.iterdir()):
         return {}
     state = None
     for name in ("progress.json", "meta.json"):

@@ -64,12 +64,13 @@ class PersonRenderer:
         write_run(self.model, run_dir, **info)
 
     @staticmethod
-    def windows(landmarks: Tensor) -> Tensor:
-        """Windows [T, 5, 68, 3] of a landmark sequence [T, 68, 3] (clamped at its ends)."""
+    def windows(landmarks: Tensor, frames: Tensor | None = None) -> Tensor:
+        """Windows [B, 5, 68, 3] centred on ``frames`` [B] (default: every frame) of a landmark sequence
+        [T, 68, 3], clamped at its ends."""
         t = landmarks.shape[0]
         k = torch.arange(WINDOW, device=landmarks.device) - WINDOW // 2
-        idx = (torch.arange(t, device=landmarks.device)[:, None] + k).clamp(0, t - 1)
-        return landmarks[idx]
+        centres = torch.arange(t, device=landmarks.device) if frames is None else torch.as_tensor(frames)
+        return landmarks[(centres.to(landmarks.device)[:, None] + k).clamp(0, t - 1)]
 
     @torch.no_grad()
     def render(self, c2w: Tensor, landmarks: Tensor, size: int | None = None, parts: str = "full",

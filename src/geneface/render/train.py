@@ -243,7 +243,12 @@ class RenderTrainer:
 
     # --- training --------------------------------------------------------------------------------
     def run(self) -> dict:
-        """Train (or resume) to the end; returns the last validation record."""
+        """Train (or resume) to the end; returns the last validation record. The run folder is locked meanwhile
+        (one writer per folder)."""
+        with self.run_folder:
+            return self._train()
+
+    def _train(self) -> dict:
         c = self.config
         torch.manual_seed(c.seed)
         state = self.run_folder.begin()
