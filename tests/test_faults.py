@@ -266,13 +266,21 @@ def test_a_feature_model_outside_the_folder_is_not_followed(tiny_person, tmp_pat
     assert Person(root).feature_model == root / "hubert"
 
 
-def test_hubert_weights_load_from_safetensors_only(tmp_path):
+def test_hubert_weights_load_from_safetensors_only(tmp_path, monkeypatch):
+    """A local HuBERT folder with only a pickled checkpoint is refused before transformers would load it."""
+    import types
+
     from geneface.errors import MissingModelError
     from geneface.features import get_extractor
 
+    loads = []
+    fake = types.ModuleType("transformers")
+    fake.HubertModel = types.SimpleNamespace(from_pretrained=lambda *a, **k: loads.append(a))
+    monkeypatch.setitem(sys.modules, "transformers", fake)  # the real package is an optional extra
     folder = tmp_path / "hubert"
     folder.mkdir()
     write_json(folder / "config.json", {"model_type": "hubert"})
     (folder / "pytorch_model.bin").write_bytes(b"a pickle")
     with pytest.raises(MissingModelError, match="safetensors only"):
         get_extractor("hubert", folder)
+    assert not loads

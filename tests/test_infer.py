@@ -357,7 +357,10 @@ def test_person_records_its_feature_model(tiny_person, tmp_path):
     root = tmp_path / "p"
     root.mkdir()
     Person.write(root, PersonDataset(tiny_person / "data"), feature_kind="hubert", feature_model=tmp_path / "hubert")
-    assert Person(root).feature_model == (tmp_path / "hubert").resolve()
+    person = Person(root)
+    assert person.named_feature_model == (tmp_path / "hubert").resolve()  # recorded ...
+    assert person.feature_model is None  # ... but outside the person folder, so only used when named again
+    assert person.feature_model_for(tmp_path / "hubert") == tmp_path / "hubert"
 
 
 # --- training errors -------------------------------------------------------------------------------------

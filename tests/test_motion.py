@@ -514,7 +514,8 @@ def test_nan_stops_training_and_keeps_checkpoint(tmp_path, people, monkeypatch):
 
 def test_ddp_two_gloo_processes(tmp_path, people):
     out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # gloo on loopback: the host name may resolve to an interface other processes cannot reach
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "geneface.cli", "train", "motion", "--data", str(people["a"]), "--out", str(out),
            "--preset", "tiny", "--syncnet-steps", "10", "--steps", "10", "--batch-size", "4", "--window", "32",

@@ -97,7 +97,8 @@ def read_npz(path: str | os.PathLike, max_bytes: int | None = None) -> dict[str,
 
 
 def npz_bytes(path: str | os.PathLike) -> int:
-    """Bytes the arrays of an ``.npz`` take once loaded, from their headers alone."""
+    """Bytes the arrays of an ``.npz`` take once loaded, from their headers alone (``ValueError`` if it is not
+    an npz)."""
     total = 0
     try:
         with zipfile.ZipFile(path) as archive:
@@ -110,8 +111,8 @@ def npz_bytes(path: str | os.PathLike) -> int:
                               else np.lib.format.read_array_header_2_0)
                     shape, _, dtype = header(f)  # the header only
                     total += int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
-    except (zipfile.BadZipFile, ValueError, OSError) as e:
-        raise InputError(f"{path} is not a readable .npz ({type(e).__name__}: {e})") from None
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ValueError(f"{path} is not a readable .npz ({type(e).__name__}: {e})") from None
     return total
 
 

@@ -54,15 +54,15 @@ class HubertExtractor(FeatureExtractor):
         if model_type != "hubert":
             raise MissingModelError(f"{path} holds a {model_type!r} model, not a HuBERT one (config.json "
                                     "model_type must be 'hubert')")
-        if not any(path.glob("*.safetensors")):
-            raise MissingModelError(f"{path} has no .safetensors weights; geneface loads HuBERT weights from "
-                                    "safetensors only (a pytorch_model.bin is a pickle, which can run code): save the "
-                                    "model with save_pretrained(..., safe_serialization=True)")
         try:
             import torch
             from transformers import HubertModel
         except ImportError:
             raise MissingModelError(f"hubert features need transformers: `{INSTALL_HINT}`") from None
+        if not any(path.glob("*.safetensors")):
+            raise MissingModelError(f"{path} has no .safetensors weights; geneface loads HuBERT weights from "
+                                    "safetensors only (a pytorch_model.bin is a pickle, which can run code): save the "
+                                    "model with save_pretrained(..., safe_serialization=True)")
         self.device = resolve_device(device)
         try:
             model = HubertModel.from_pretrained(str(path), local_files_only=True, use_safetensors=True)

@@ -464,6 +464,8 @@ def process(video: str | Path, out: str | Path, config: ProcessConfig = ProcessC
            "audio_sha256": _sha256(config.audio) if config.audio is not None else None}
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file, not a folder")
+    if out.exists():
+        _open_output(out, key)  # a folder that is not ours is refused before anything is written into it
     with folder_lock(out):
         return _run_steps(video, out, config, info, key)
 
