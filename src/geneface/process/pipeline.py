@@ -260,8 +260,7 @@ def track_mesh(video: Path, crop: np.ndarray, num_frames: int, config: ProcessCo
 
 def solve_motion(mesh: np.ndarray, config: ProcessConfig) -> HeadMotion:
     """Canonical shape, per-frame camera pose (smoothed), canonical landmarks and the 68-point offsets of the
-    mesh ``[T, 478, 3]`` (pixels of the ``config.size`` crop)."""
-    mesh = mesh.astype(np.float64)
+    mesh ``[T, 478, 3]`` (pixels of the ``config.size`` crop; float32, converted a frame at a time)."""
     K = pose_mod.intrinsics(config.size, config.focal_scale)
     shape = pose_mod.canonical_shape(mesh)
     raw = pose_mod.solve_poses(mesh, shape, K)

@@ -53,14 +53,15 @@ def canonical_shape(mesh: np.ndarray, iterations: int = 3) -> np.ndarray:
 
     Centred at the origin and scaled to ``HEAD_IOD``; its orientation is the sequence's mean pose.
     """
-    mean = _normalise(np.median(mesh, axis=0))
+    mean = _normalise(np.median(mesh, axis=0).astype(np.float64))
     for _ in range(iterations):
         idx = rigid_points(mean)
-        aligned = []
+        total = np.zeros_like(mean)  # a running sum: a long clip never holds a second copy of its mesh
         for y in mesh:
+            y = y.astype(np.float64)
             s, r, t = umeyama(y[idx], mean[idx])
-            aligned.append(s * y @ r.T + t)
-        mean = _normalise(np.mean(aligned, axis=0))
+            total += s * y @ r.T + t
+        mean = _normalise(total / len(mesh))
     return mean.astype(np.float32)
 
 
@@ -141,13 +142,14 @@ def canonicalise(mesh: np.ndarray, pose: HeadPose, K: np.ndarray) -> np.ndarray:
     depth (MediaPipe's z, converted from pixels to head units by the frame's scale), then rotated back.
     """
     f, cx, cy = K[0, 0], K[0, 2], K[1, 2]
-    out = np.empty(mesh.shape, dtype=np.float64)
-    for i, (y, r, t) in enumerate(zip(mesh.astype(np.float64), pose.rotation, pose.translation)):
+    out = np.empty(mesh.shape, dtype=np.float32)
+    for i, (y, r, t) in enumerate(zip(mesh, pose.rotation, pose.translation)):
+        y = y.astype(np.float64)  # frame by frame: no float64 copy of the whole clip
         scale = f / t[2]  # pixels per head unit at the head's depth
         depth = t[2] + (y[:, 2] - y[:, 2].mean()) / scale
         cam = np.stack([(y[:, 0] - cx) * depth / f, (y[:, 1] - cy) * depth / f, depth], axis=1)
         out[i] = (cam - t) @ r  # R^T (cam - t)
-    return out.astype(np.float32)
+    return out
 
 
 def motion_offsets(canonical: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
