@@ -2,8 +2,8 @@
 killed mid-clip retried, nothing half-written), shards from a Slurm job array, and `train motion` on two
 torchrun "nodes" (one rendezvous on loopback) that lose a node and resume from the last checkpoint.
 
-Ray runs on 127.0.0.1 only and is stopped at the end of each test that starts it; the module checks that none of
-its processes are left behind.
+Every Ray cluster here is local (it needs no network but the loopback) and is stopped at the end of the test
+that starts it; the tests check that none of its processes are left behind.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from geneface.cli import main
 from geneface.corpus import Corpus, parse_shard, prepare_corpus, shard_of, slurm_array_shard
 from geneface.corpus import ray_engine
 from geneface.corpusdata import read_manifest
-from geneface.engine import Launch, backend_for, local_device
+from geneface.engine import Launch, backend_for, local_device, stale_store_risk
 from geneface.errors import InputError
 from geneface.fileio import folder_lock
 
@@ -147,7 +148,7 @@ def _assert_no_ray_left(seconds: float = 15.0) -> None:
 
 @pytest.fixture(scope="module")
 def ray_cluster(hooks, tmp_path_factory):
-    """A local Ray cluster of 2 CPUs on loopback, whose workers load the kill hook (idle until a rule names a clip)."""
+    """A local Ray cluster of 2 CPUs whose workers load the kill hook (idle until a rule names a clip)."""
     ray = pytest.importorskip("ray")
     rules = tmp_path_factory.mktemp("kill") / "rules"
     rules.write_text("")
@@ -155,8 +156,7 @@ def ray_cluster(hooks, tmp_path_factory):
     os.environ["PYTHONPATH"] = os.pathsep.join([str(hooks), os.environ.get("PYTHONPATH", "")])
     os.environ["GENEFACE_TEST_KILL"] = str(rules)  # the cluster's processes inherit the environment at its start
     try:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 logging_level="WARNING")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     finally:
         for k, v in saved.items():
             if v is None:
@@ -205,7 +205,7 @@ def _assert_nothing_half_written(out: Path) -> None:
 # --- Ray ------------------------------------------------------------------------------------------
 
 def test_ray_engine_prepares_the_same_corpus(clips, reference, tmp_path, capsys):
-    """The command line with --engine ray starts its own cluster (2 CPUs, loopback), writes the corpus one process
+    """The command line with --engine ray starts its own cluster (2 CPUs), writes the corpus one process
     writes, stops the cluster, and a rerun has nothing left to do."""
     pytest.importorskip("ray")
     out = tmp_path / "ray"
@@ -328,6 +328,10 @@ def test_rank_and_device_selection(tmp_path):
     assert local_device(torch.device("cpu"), launch, gpus=0) == torch.device("cpu")
     assert backend_for(torch.device("cuda", 1)) == "nccl"
     assert backend_for(torch.device("cpu")) == "gloo" and backend_for(torch.device("mps")) == "gloo"
+    # torchrun restarts on a rendezvous store shared between them are flagged (and the README's command avoids it)
+    shared = {"TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_MAX_RESTARTS": "3"}
+    assert stale_store_risk(shared) and not stale_store_risk({**shared, "TORCHELASTIC_MAX_RESTARTS": "0"})
+    assert not stale_store_risk({**shared, "TORCHELASTIC_USE_AGENT_STORE": "False"}) and not stale_store_risk({})
     # a restarted rank 0 waits for the lock a lost process still holds, up to `wait` seconds
     held = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
                              f"fd = os.open({str(tmp_path / '.geneface.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
@@ -354,7 +358,9 @@ def test_two_nodes_lose_one_and_resume_from_the_checkpoint(reference, hooks, tmp
     loopback): rank 1's node dies right after a generator checkpoint, torchrun restarts both (--max-restarts),
     every rank resumes from that checkpoint, rank 0 alone writes the run."""
     out, marker = tmp_path / "prior", tmp_path / "lost"
+    # a new rendezvous store for each restart (the README's command; `stale_store_risk` says why)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "GENEFACE_TEST_NODE_LOSS": str(marker),
+           "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
            "PYTHONPATH": os.pathsep.join([str(hooks), os.environ.get("PYTHONPATH", "")])}
     port = _free_port()
     nodes = []
@@ -365,10 +371,17 @@ def test_two_nodes_lose_one_and_resume_from_the_checkpoint(reference, hooks, tmp
                "-m", "geneface.cli", "train", "motion", "--data", str(reference), "--out", str(out),
                "--preset", "tiny", "--syncnet-steps", "4", "--steps", "12", "--save-every", "4", "--batch-size", "4",
                "--window", "16", "--log-every", "2", "--val-speakers", "0.34", "--device", "cpu"]
-        nodes.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        nodes.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      start_new_session=True))
         if node == 0:
             time.sleep(1.0)  # node 0 hosts the rendezvous store
-    results = [p.communicate(timeout=240) for p in nodes]
+    try:
+        results = [p.communicate(timeout=240) for p in nodes]
+    finally:
+        for p in nodes:  # a hung run: stop both agents and their workers
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
     for p, (_, err) in zip(nodes, results):
         assert p.returncode == 0, err[-3000:]
     stdout = "".join(o for o, _ in results)

@@ -86,14 +86,14 @@ def _records_after(out: Path, index: int, count: int, seen: int) -> list[dict]:
 @contextlib.contextmanager
 def _cluster(ray, address: str | None, num_cpus: int | None):
     """Ray, initialised: as it is if this process already joined a cluster; the cluster at ``address``
-    (``auto``: the one ``ray start`` made on this machine); else a new one on this machine (``num_cpus``) on the
-    loopback interface only. A cluster joined or started here is left (and a started one stopped) at the end."""
+    (``auto``: the one ``ray start`` made on this machine); else a new one on this machine (``num_cpus``; it
+    needs no network but the loopback). A cluster joined or started here is left (a started one stopped) at the
+    end."""
     if ray.is_initialized():
         yield
         return
     if address is None:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
-                 _node_ip_address="127.0.0.1")
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
     else:
         try:
             ray.init(address=address, logging_level=logging.WARNING)

