@@ -155,7 +155,7 @@ def _run_tasks(ray, root: Path, out: Path, config: PrepareConfig, shards: dict[i
     """Run one task per shard until every clip is recorded; returns how many clips were recorded as failed
     because their worker kept dying."""
     from ray.exceptions import RayError, RayTaskError
-    from ray.util.queue import Empty, Queue
+    from ray.util.queue import Queue
 
     reports = Queue(actor_options={"num_cpus": 0})
     remote = ray.remote(_shard_task).options(num_cpus=1, max_retries=RETRIES, retry_exceptions=False,
@@ -180,11 +180,8 @@ def _run_tasks(ray, root: Path, out: Path, config: PrepareConfig, shards: dict[i
         bar.set_postfix(status, refresh=False)
 
     def drain() -> None:
-        while True:
-            try:
-                kind, k, value = reports.get_nowait()
-            except Empty:
-                return
+        waiting = reports.qsize()
+        for kind, k, value in reports.get_nowait_batch(waiting) if waiting else ():
             if kind == "start":
                 on_clip[k] = value
             else:
