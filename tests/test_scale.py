@@ -26,9 +26,10 @@ from geneface.cli import main
 from geneface.corpus import Corpus, parse_shard, prepare_corpus, shard_of, slurm_array_shard
 from geneface.corpus import ray_engine
 from geneface.corpusdata import read_manifest
-from geneface.engine import Launch, backend_for, local_device, stale_store_risk
+from geneface.engine import Dist, Launch, RunFolder, backend_for, local_device, stale_store_risk
 from geneface.errors import InputError
 from geneface.fileio import folder_lock
+from geneface.motion.model import RUN_KIND
 
 SPEAKERS, CLIPS, SECONDS = 3, 2, 1.2
 FRAMES = round(SECONDS * 25)
@@ -332,6 +333,19 @@ def test_rank_and_device_selection(tmp_path):
     shared = {"TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_MAX_RESTARTS": "3"}
     assert stale_store_risk(shared) and not stale_store_risk({**shared, "TORCHELASTIC_MAX_RESTARTS": "0"})
     assert not stale_store_risk({**shared, "TORCHELASTIC_USE_AGENT_STORE": "False"}) and not stale_store_risk({})
+    # every rank must resume from the checkpoint rank 0 sees: a rank whose --out is not the shared folder stops
+    class RankOne(Dist):  # rank 1 of 2, whose rank 0 is resuming a checkpoint this rank cannot see
+        def barrier(self) -> None:
+            pass
+
+        def from_main(self, value):
+            return {"stage": "generator", "step": 8}
+
+        def any(self, flag: bool) -> bool:
+            return flag
+
+    with pytest.raises(InputError, match="--out must be a folder on storage every node shares"):
+        RunFolder(tmp_path / "run", RUN_KIND, RankOne(rank=1, world=2)).begin()
     # a restarted rank 0 waits for the lock a lost process still holds, up to `wait` seconds
     held = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
                              f"fd = os.open({str(tmp_path / '.geneface.lock')!r}, os.O_RDWR | os.O_CREAT)\n"

@@ -70,8 +70,10 @@ class RunFolder:
         """Hold the folder's lock (rank 0; `geneface.fileio.folder_lock`) while training: one writer per run."""
         stack = contextlib.ExitStack()
         if self.dist.main:
-            restarts = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")  # a restart after a membership change
-            restartable = restarts.isdigit() and int(restarts) > 0      # keeps TORCHELASTIC_RESTART_COUNT at 0
+            # whether torchrun may restart this run: TORCHELASTIC_RESTART_COUNT cannot say, it stays 0 in a
+            # restart that a node joining again caused
+            restarts = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")
+            restartable = restarts.isdigit() and int(restarts) > 0
             stack.enter_context(folder_lock(self.root, wait=RESTART_LOCK_WAIT if restartable else 0.0))
         self._lock = stack
         return self
