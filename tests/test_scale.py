@@ -113,23 +113,23 @@ def hooks(tmp_path_factory) -> Path:
 
 
 def _ray_processes() -> set[int]:
-    """Processes of Ray's that this test process started (its descendants running Ray's programs)."""
-    parent: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
+    """Live processes of the Ray clusters this test process started: any process (an orphan too) with a file open
+    in one of their session folders, which Ray names after the driver's pid (/tmp/ray/session_..._PID)."""
+    me = os.getpid()
+    found = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == me:
             continue
-        if fields[0] != "Z":
-            parent[int(stat.parent.name)] = int(fields[1])
-    mine = set()
-    for pid in set(parent) - {os.getpid()}:
-        p = pid
-        while p in parent and p not in (0, 1, os.getpid()):
-            p = parent[p]
-        if p == os.getpid():
-            mine.add(pid)
-    return {pid for pid in mine if "ray" in _cmdline(pid)}
+        try:
+            if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            links = [os.readlink(fd) for fd in (proc / "fd").iterdir()]
+        except OSError:  # it ended meanwhile
+            continue
+        if any(link.split("/session_", 1)[1].split("/", 1)[0].endswith(f"_{me}") for link in links
+               if "/session_" in link):
+            found.add(int(proc.name))
+    return found
 
 
 def _cmdline(pid: int) -> str:
@@ -167,6 +167,7 @@ def ray_cluster(hooks, tmp_path_factory):
     try:
         yield rules
     finally:
+        assert _ray_processes(), "the check for Ray's processes finds none of a running cluster"
         ray.shutdown()
         _assert_no_ray_left()
 

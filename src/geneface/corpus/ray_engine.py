@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -92,18 +94,38 @@ def _cluster(ray, address: str | None, num_cpus: int | None):
     if ray.is_initialized():
         yield
         return
-    if address is None:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
-    else:
-        try:
-            ray.init(address=address, logging_level=logging.WARNING)
-        except ConnectionError as e:
-            raise InputError(f"--address {address}: no Ray cluster to join ({e}); start one with `ray start "
-                             f"--head` on the head node, or leave --address out to start one here") from None
     try:
+        with _ctrl_c_held():  # a cluster stopped while it starts leaves some of its processes behind a while
+            if address is None:
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+            else:
+                try:
+                    ray.init(address=address, logging_level=logging.WARNING)
+                except ConnectionError as e:
+                    raise InputError(f"--address {address}: no Ray cluster to join ({e}); start one with `ray "
+                                     f"start --head` on the head node, or leave --address out to start one "
+                                     f"here") from None
         yield
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def _ctrl_c_held():
+    """Hold Ctrl-C (SIGINT) back until the block is over, then raise it (main thread only; an ignored SIGINT
+    stays ignored)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) in (
+            signal.SIG_IGN, None):
+        yield
+        return
+    pressed: list[bool] = []
+    previous = signal.signal(signal.SIGINT, lambda *_: pressed.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt
 
 
 def cluster_cpus(ray) -> int:
@@ -121,7 +143,8 @@ def prepare_corpus_on_ray(root: str | Path, out: str | Path, config: PrepareConf
     docstring). ``address``: the cluster (None: a new one on this machine with ``num_cpus`` CPUs, default all;
     a process that already called ``ray.init`` uses its cluster). ``tasks``: shards, each one task with its own
     pack (default: the cluster's CPUs). Returns the counts `prepare_corpus` returns (``shard_clips``: every
-    clip), and ``tasks`` (shards) and ``crashes`` (clips recorded as failed because their worker died)."""
+    clip), and ``tasks`` (shards; 0 when nothing was left to do) and ``crashes`` (clips recorded as failed because
+    their worker died)."""
     config = config or PrepareConfig()
     if tasks is not None and tasks < 1:
         raise InputError(f"--ray-tasks must be at least 1, got {tasks}")
@@ -132,7 +155,7 @@ def prepare_corpus_on_ray(root: str | Path, out: str | Path, config: PrepareConf
     latest = latest_records(out)
     todo = [it for it in items if needs_work(root, it, latest.get(it.path), retry_failed)]
     counts = {"ok": 0, "skipped": 0, "failed": 0}
-    frames, count, crashes = 0, tasks or 1, 0
+    frames, count, crashes = 0, 0, 0
     if todo:
         with _cluster(ray, address, num_cpus):
             count = tasks or cluster_cpus(ray)
