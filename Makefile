@@ -24,6 +24,7 @@ bench: $(STAMP) bench-deps
 	$(PY) benchmarks/render.py
 	$(PY) benchmarks/motion.py
 	$(PY) benchmarks/corpus.py
+	$(PY) benchmarks/scale.py
 	$(PY) benchmarks/demo.py
 
 # Real human speech (LibriVox, public domain) for the demo benchmark's unseen-voice figures.

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -117,13 +118,15 @@ def npz_bytes(path: str | os.PathLike) -> int:
 
 
 @contextmanager
-def folder_lock(folder: str | os.PathLike, name: str = LOCK_FILE, what: str | None = None) -> Iterator[None]:
+def folder_lock(folder: str | os.PathLike, name: str = LOCK_FILE, what: str | None = None,
+                wait: float = 0.0) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` (made if missing) while the block runs: one writer per folder.
 
-    A second process that asks for the same lock stops at once with ``InputError("DIR is in use by another
-    geneface process (pid N)")`` (``what`` replaces DIR in the message). The lock is an ``flock`` on
-    ``folder/name``, which the kernel drops when its holder exits, so a killed process leaves no obstacle; the
-    file only keeps the holder's pid for that message. Not POSIX: no lock.
+    A second process that asks for the same lock stops (at once, or after ``wait`` seconds of asking again) with
+    ``InputError("DIR is in use by another geneface process (pid N)")`` (``what`` replaces DIR in the message).
+    The lock is an ``flock`` on ``folder/name``, which the kernel drops when its holder exits, so a killed
+    process leaves no obstacle (on shared storage, a machine that was lost holds it until its lease there runs
+    out: hence ``wait``); the file only keeps the holder's pid for that message. Not POSIX: no lock.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -132,11 +135,17 @@ def folder_lock(folder: str | os.PathLike, name: str = LOCK_FILE, what: str | No
         return
     fd = os.open(folder / name, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise InputError(f"{what or folder} is in use by another geneface process (pid {holder})") from None
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+                    continue
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                raise InputError(f"{what or folder} is in use by another geneface process (pid {holder})") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield

@@ -7,10 +7,11 @@ per feature kind. What `process` would note about a clip (frames without a face,
 manifest record (``notes``).
 
 Work is split deterministically: ``--shard I/N`` keeps the clips whose path hashes to I (default: the
-``RANK``/``WORLD_SIZE`` that ``torchrun`` sets), and the worker processes of one shard are handed clips one
-at a time, each appending to its own pack. A clip is recorded in the shard's manifest once its arrays are
-on disk; a rerun skips recorded clips (a clip whose file changed is redone), so an interrupted run resumes
-clip by clip.
+``RANK``/``WORLD_SIZE`` that ``torchrun`` sets, else a Slurm job array's task), and the worker processes of one
+shard are handed clips one at a time, each appending to its own pack. A clip is recorded in the shard's
+manifest once its arrays are on disk; a rerun skips recorded clips (a clip whose file changed is redone), so an
+interrupted run resumes clip by clip. `prepare_shard` is that per-shard work on its own; the Ray engine
+(`geneface.corpus.ray_engine`) runs it as one task per shard.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import cv2
 import numpy as np
@@ -144,11 +145,16 @@ def shard_of(path: str, count: int) -> int:
     return int.from_bytes(digest[:8], "big") % count
 
 
-def parse_shard(text: str | None) -> tuple[int, int]:
-    """``"I/N"`` -> (I, N); None -> the torchrun rank and world size (``RANK``, ``WORLD_SIZE``) or (0, 1)."""
+def parse_shard(text: str | None, environ: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """``"I/N"`` -> (I, N); None -> the shard the environment (``os.environ`` unless ``environ``) gives: the
+    torchrun rank and world size (``RANK``, ``WORLD_SIZE``), else the task of a Slurm job array
+    (`slurm_array_shard`), else (0, 1)."""
     if text is None:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        return (int(os.environ.get("RANK", "0")), world) if world > 1 else (0, 1)
+        env = os.environ if environ is None else environ
+        world = _env_int(env, "WORLD_SIZE", 1)
+        if world > 1:
+            return _env_int(env, "RANK", 0), world
+        return slurm_array_shard(env) or (0, 1)
     try:
         i, n = (int(v) for v in text.split("/"))
     except ValueError:
@@ -156,6 +162,32 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     if not (n >= 1 and 0 <= i < n):
         raise InputError(f"--shard {text}: need 0 <= I < N")
     return i, n
+
+
+def slurm_array_shard(environ: Mapping[str, str]) -> tuple[int, int] | None:
+    """The shard of a Slurm job array task, or None outside one: task ``SLURM_ARRAY_TASK_ID`` of an array of
+    ``SLURM_ARRAY_TASK_COUNT`` tasks numbered from ``SLURM_ARRAY_TASK_MIN`` by ``SLURM_ARRAY_TASK_STEP``
+    (``sbatch --array=0-15``, ``--array=1-16`` and ``--array=0-30:2`` all make shards 0..15 of 16). An array
+    whose task numbers are not one such range (``--array=0,3,7``) cannot be mapped: use ``--shard``."""
+    if "SLURM_ARRAY_TASK_ID" not in environ or "SLURM_ARRAY_TASK_COUNT" not in environ:
+        return None
+    task, count = _env_int(environ, "SLURM_ARRAY_TASK_ID", 0), _env_int(environ, "SLURM_ARRAY_TASK_COUNT", 1)
+    first, step = _env_int(environ, "SLURM_ARRAY_TASK_MIN", 0), _env_int(environ, "SLURM_ARRAY_TASK_STEP", 1)
+    index, off_step = divmod(task - first, max(1, step))
+    if count < 1 or off_step or not 0 <= index < count:
+        raise InputError(f"Slurm array task {task} (of {count}, from {first} by {step}) is not one of a range of "
+                         f"task numbers (sbatch --array=0-{count - 1}); give the shard with --shard I/N")
+    return index, count
+
+
+def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    text = environ.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise InputError(f"environment variable {name}={text!r} is not a whole number") from None
 
 
 # --- one clip ----------------------------------------------------------------------------------
@@ -361,7 +393,7 @@ def _run_workers(workers: int, todo: list[ClipItem], root: Path, out: Path, tag:
 
 # --- the run -----------------------------------------------------------------------------------
 
-def _open_output(out: Path, root: Path, config: PrepareConfig) -> None:
+def open_output(out: Path, root: Path, config: PrepareConfig) -> None:
     """Create ``out`` as a corpus, or check that the corpus in it was made with the same settings."""
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file, not a folder")
@@ -383,7 +415,8 @@ def _open_output(out: Path, root: Path, config: PrepareConfig) -> None:
                          f"into another --out")
 
 
-def _needs_work(root: Path, item: ClipItem, record: dict | None, retry_failed: bool) -> bool:
+def needs_work(root: Path, item: ClipItem, record: dict | None, retry_failed: bool) -> bool:
+    """Whether ``item`` is to be prepared, given its newest ``record`` in the corpus (None: never prepared)."""
     if record is None:
         return True
     if record["status"] == "failed" and retry_failed:
@@ -396,6 +429,79 @@ def _needs_work(root: Path, item: ClipItem, record: dict | None, retry_failed: b
         return True
 
 
+def check_inputs(root: str | os.PathLike, out: str | os.PathLike, config: PrepareConfig) -> tuple[Path, Path,
+                                                                                            list[ClipItem]]:
+    """``root`` and ``out`` as paths and every clip under ``root``, after the checks every engine makes first."""
+    root, out = Path(root), Path(out)
+    if not root.exists():
+        raise InputError(f"no such folder: {root}")
+    if not root.is_dir():
+        raise InputError(f"ROOT must be a folder of clips, got a file: {root}")
+    items = find_clips(root, config.speaker_depth, exclude=out)
+    if not items:
+        raise InputError(f"no video clips ({', '.join(VIDEO_EXTENSIONS)}) in {root} or below it")
+    return root, out, items
+
+
+def pack_ends(manifest: Path) -> dict[str, int]:
+    """The bytes of each pack (by name, relative to the corpus) that a shard's manifest accounts for: a writer
+    cuts its pack back to them before appending, dropping what an interrupted run left after its last record."""
+    ends: dict[str, int] = {}
+    if manifest.exists():
+        for r in read_manifest(manifest):
+            if r.get("span"):
+                ends[r["pack"]] = max(ends.get(r["pack"], 0), r["span"][1])
+    return ends
+
+
+def trim_packs(out: Path, index: int, count: int) -> None:
+    """Cut every pack of shard I of N back to the bytes its manifest accounts for (as a writer does before it
+    appends), so that nothing a dead writer left after its last record stays on disk; the caller holds
+    `shard_lock`."""
+    ends = pack_ends(manifest_path(out, index, count))
+    for path in sorted((out / PACK_DIR).glob(f"{shard_tag(index, count)}-w*.pack")):
+        end = ends.get(f"{PACK_DIR}/{path.name}", 0)
+        if path.stat().st_size > end:
+            PackWriter(path, end).close()
+
+
+@contextlib.contextmanager
+def shard_lock(out: Path, index: int, count: int):
+    """Hold shard I of N of corpus ``out`` (its ``.lock-IofN``): one writer per shard's manifest and packs."""
+    with folder_lock(out, f".lock-{shard_tag(index, count)}", what=f"shard {index}/{count} of {out}"):
+        yield
+
+
+def prepare_shard(root: Path, out: Path, config: PrepareConfig, todo: list[ClipItem], index: int, count: int, *,
+                  workers: int = 1, on_record: Callable[[dict], None] | None = None,
+                  on_start: Callable[[ClipItem], None] | None = None) -> None:
+    """Prepare ``todo`` (clips of shard ``index`` of ``count``) into corpus ``out``; the caller holds
+    `shard_lock`. Each clip's record is appended to the shard's manifest once its arrays are in a pack
+    (``IofN-wK.pack``, one per worker process; ``workers`` 1: in this process, pack ``w00``), then passed to
+    ``on_record``. ``on_start(item)`` is called before each clip is begun (in this process only, so with
+    ``workers`` 1)."""
+    tag = shard_tag(index, count)
+    mpath = manifest_path(out, index, count)
+    ends = pack_ends(mpath)
+    with ManifestWriter(mpath) as manifest:
+        def record(r: dict) -> None:
+            manifest.write(r)
+            if on_record is not None:
+                on_record(r)
+
+        if todo and (workers == 1 or len(todo) == 1):
+            pack = PackWriter(_pack_path(out, tag, 0), ends.get(_pack_name(tag, 0), 0))
+            try:
+                for item in todo:
+                    if on_start is not None:
+                        on_start(item)
+                    record(process_clip(root, item, config, pack))
+            finally:
+                pack.close()
+        elif todo:
+            _run_workers(min(workers, len(todo)), todo, root, out, tag, ends, config, record)
+
+
 def prepare_corpus(root: str | os.PathLike, out: str | os.PathLike, config: PrepareConfig | None = None, *,
                    workers: int = 1, shard: tuple[int, int] | None = None, retry_failed: bool = False,
                    progress: bool = True) -> dict:
@@ -406,57 +512,39 @@ def prepare_corpus(root: str | os.PathLike, out: str | os.PathLike, config: Prep
     run and unchanged), ``prepared`` (this run, by status), ``frames``, ``seconds``.
     """
     config = config or PrepareConfig()
-    root, out = Path(root), Path(out)
-    if not root.exists():
-        raise InputError(f"no such folder: {root}")
-    if not root.is_dir():
-        raise InputError(f"ROOT must be a folder of clips, got a file: {root}")
     if workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
     index, count = shard if shard is not None else parse_shard(None)
     if not (count >= 1 and 0 <= index < count):
         raise InputError(f"shard {index}/{count}: need 0 <= I < N")
-    items = find_clips(root, config.speaker_depth, exclude=out)
-    if not items:
-        raise InputError(f"no video clips ({', '.join(VIDEO_EXTENSIONS)}) in {root} or below it")
+    root, out, items = check_inputs(root, out, config)
     mine = [it for it in items if shard_of(it.path, count) == index]
-    _open_output(out, root, config)
+    open_output(out, root, config)
     tag = shard_tag(index, count)
     started = time.perf_counter()
-    with folder_lock(out, f".lock-{tag}", what=f"shard {index}/{count} of {out}"):
+    with shard_lock(out, index, count):
         latest = latest_records(out)
-        todo = [it for it in mine if _needs_work(root, it, latest.get(it.path), retry_failed)]
-        ends: dict[str, int] = {}
-        mpath = manifest_path(out, index, count)
-        if mpath.exists():
-            for r in read_manifest(mpath):
-                if r.get("span"):
-                    ends[r["pack"]] = max(ends.get(r["pack"], 0), r["span"][1])
+        todo = [it for it in mine if needs_work(root, it, latest.get(it.path), retry_failed)]
         counts = {"ok": 0, "skipped": 0, "failed": 0}
         frames = 0
         bar = tqdm(total=len(todo), desc=f"corpus {tag}", unit="clip", disable=not progress, dynamic_ncols=True)
         above_bar = logging_redirect_tqdm([logging.getLogger(ROOT)])  # log lines go above the bar, not through it
-        with ManifestWriter(mpath) as manifest, contextlib.closing(bar), above_bar:
+        with contextlib.closing(bar), above_bar:
             def on_record(record: dict) -> None:
                 nonlocal frames
-                manifest.write(record)
                 counts[record["status"]] += 1
                 frames += int(record.get("frames") or 0) if record["status"] == "ok" else 0
-                if record["status"] != "ok":
-                    log.info(f"{record['status']}: {record['path']}: {record['reason']}")
+                log_record(record)
                 bar.update(1)
                 bar.set_postfix(counts, refresh=False)
 
-            if todo and (workers == 1 or len(todo) == 1):
-                pack = PackWriter(_pack_path(out, tag, 0), ends.get(_pack_name(tag, 0), 0))
-                try:
-                    for item in todo:
-                        on_record(process_clip(root, item, config, pack))
-                finally:
-                    pack.close()
-            elif todo:
-                _run_workers(min(workers, len(todo)), todo, root, out, tag, ends, config, on_record)
+            prepare_shard(root, out, config, todo, index, count, workers=workers, on_record=on_record)
     return {"clips": len(items), "shard": [index, count], "shard_clips": len(mine),
             "done_before": len(mine) - len(todo), "prepared": counts, "frames": frames,
             "seconds": round(time.perf_counter() - started, 2)}
 
+
+def log_record(record: dict) -> None:
+    """A line in the log for a clip that was skipped or failed (as every engine reports them)."""
+    if record["status"] != "ok":
+        log.info(f"{record['status']}: {record['path']}: {record['reason']}")

@@ -5,10 +5,11 @@ A model supplies only its losses, parameter groups and callbacks; see `geneface.
 `geneface.render.train` for the two users.
 """
 
-from .dist import Dist, LossCall, close_distributed, init_distributed
+from .dist import (Dist, Launch, LossCall, backend_for, close_distributed, init_distributed, local_device,
+                   stale_store_risk)
 from .run import STATE_DIR, RunFolder, RunKind, TrainingError
 from .saveload import Savable
 from .trainer import Callback, Trainer
 
-__all__ = ["STATE_DIR", "Callback", "Dist", "LossCall", "RunFolder", "RunKind", "Savable", "Trainer",
-           "TrainingError", "close_distributed", "init_distributed"]
+__all__ = ["STATE_DIR", "Callback", "Dist", "Launch", "LossCall", "RunFolder", "RunKind", "Savable", "Trainer",
+           "TrainingError", "backend_for", "close_distributed", "init_distributed", "local_device", "stale_store_risk"]

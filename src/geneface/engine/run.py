@@ -34,6 +34,9 @@ from .dist import Dist
 STATE_DIR = "train_state"
 STATE_FILE = "state.json"
 CONFIG_FILE = "config.json"
+RESTART_LOCK_WAIT = 180.0
+"""Seconds rank 0 of a run that torchrun may restart (``--max-restarts``) waits for the run folder's lock: the
+rank 0 of a node that was lost may hold it on shared storage until its lease there ends."""
 
 
 class TrainingError(GeneFaceError):
@@ -67,7 +70,11 @@ class RunFolder:
         """Hold the folder's lock (rank 0; `geneface.fileio.folder_lock`) while training: one writer per run."""
         stack = contextlib.ExitStack()
         if self.dist.main:
-            stack.enter_context(folder_lock(self.root))
+            # whether torchrun may restart this run: TORCHELASTIC_RESTART_COUNT cannot say, it stays 0 in a
+            # restart that a node joining again caused
+            restarts = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")
+            restartable = restarts.isdigit() and int(restarts) > 0
+            stack.enter_context(folder_lock(self.root, wait=RESTART_LOCK_WAIT if restartable else 0.0))
         self._lock = stack
         return self
 
@@ -107,7 +114,18 @@ class RunFolder:
         if self.dist.main:
             self.root.mkdir(parents=True, exist_ok=True)
         self.dist.barrier()
+        self._check_shared(state)
         return state
+
+    def _check_shared(self, state: dict | None) -> None:
+        """Every rank resumes from the checkpoint rank 0 sees, so all of them must see the same folder: on several
+        nodes, --out must be on storage they share."""
+        if self.dist.world <= 1:
+            return
+        if self.dist.any(self.dist.from_main(state) != state):
+            raise InputError(f"the ranks do not all see the same {self.root} (the checkpoint rank 0 resumes from "
+                             f"differs from another rank's): on several nodes, --out must be a folder on storage "
+                             f"every node shares")
 
     def check_same_settings(self, saved: dict, requested: dict, ignore: Iterable[str] = ()) -> None:
         """An interrupted run resumes only with the settings it was started with."""

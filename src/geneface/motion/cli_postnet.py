@@ -30,10 +30,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(PostnetTrainConfig, args)
+    ok = False
     try:
         metrics = train_postnet(args.person, args.init, args.out, audio=args.audio, config=config,
                                 device=args.device, tensorboard=args.tensorboard)
+        ok = True
     finally:
-        close_distributed()
+        close_distributed(ok)
     print_metrics(metrics)
     return 0

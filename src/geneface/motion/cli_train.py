@@ -2,7 +2,10 @@
 folder with a meta.json under the given paths) or on a corpus made by `geneface corpus prepare` (streamed,
 speakers balanced, --val-speakers of them held out for the measures). `--init RUN` fine-tunes a pretrained run.
 Rerunning the same command resumes an interrupted run. For several processes or GPUs, start it with
-torchrun, e.g. `torchrun --nproc_per_node 2 -m geneface.cli train motion --data ... --out ...`."""
+torchrun, e.g. `torchrun --nproc_per_node 2 -m geneface.cli train motion --data ... --out ...`; on several
+nodes add `--nnodes N --rdzv-backend c10d --rdzv-endpoint HEAD:29500 --max-restarts 3` on each (--out on
+shared storage, TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in torchrun's environment): a run that lost a node
+restarts from the last checkpoint."""
 
 from __future__ import annotations
 
@@ -36,11 +39,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(MotionTrainConfig, args)
+    ok = False
     try:
         metrics = train_motion(args.data, args.out, init=args.init, kind=args.features, preset_name=args.preset,
                                config=config, device=args.device, tensorboard=args.tensorboard)
+        ok = True
     finally:
-        close_distributed()
+        close_distributed(ok)
     print_metrics(metrics)
     return 0
 

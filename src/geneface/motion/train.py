@@ -1,10 +1,12 @@
 """Training of the motion models on the shared engine: the SyncNet, then the audio2motion generator; and the
 per-person postnet.
 
-Runs on one process or under ``torchrun`` (DistributedDataParallel; gloo on the CPU, nccl on CUDA): each
-rank draws its own windows, gradients are averaged, rank 0 writes checkpoints. A checkpoint (weights and
-optimizer states) is written every ``save_every`` steps into ``RUN/train_state``; rerunning the same command
-resumes from it. A non-finite loss or gradient stops training with an error and leaves the last good
+Runs on one process or under ``torchrun`` on one node or several (DistributedDataParallel; gloo on the CPU,
+nccl on CUDA, a GPU per process: `geneface.engine.dist`): each rank draws its own windows, gradients are
+averaged, rank 0 writes checkpoints. A checkpoint (weights and optimizer states) is written every
+``save_every`` steps into ``RUN/train_state``; rerunning the same command resumes from it, and so does a
+``torchrun --max-restarts`` restart after a process or a node was lost (every rank reads the checkpoint, so on
+several nodes the run folder must be on storage they all share). A non-finite loss or gradient stops training with an error and leaves the last good
 checkpoint in place. The run folder's layout is in `geneface.motion.model`.
 """
 
