@@ -245,8 +245,8 @@ class RenderModel(Savable, nn.Module):
             visible[cells] = True
 
         # 2. the network where it matters
-        color = torch.zeros(m, samples, 3, device=dev)
         if torch.is_grad_enabled():
+            color = torch.zeros(m, samples, 3, device=dev)
             idx = reached.nonzero()
             sigma = torch.zeros(m, samples, device=dev)
             if idx.numel():
@@ -256,17 +256,19 @@ class RenderModel(Savable, nn.Module):
                     c = self.head.color(geo, code[fr[i]])
                 sigma = sigma.index_put((i, j), s.float())
                 color = color.index_put((i, j), c.float())
-        else:
-            sigma = sigma0
-            heavy = render_weights(sigma0, delta) >= min_weight
+            w = render_weights(sigma, delta)
+            ray_rgb = (w[..., None] * color).sum(1)
+        else:  # colour only at the samples that weigh, summed straight into their rays
+            w = render_weights(sigma0, delta)
+            ray_rgb = torch.zeros(m, 3, device=dev)
             for i, j, geo in geo_parts:
-                sel = heavy[i, j]
+                sel = w[i, j] >= min_weight
                 if sel.any():
+                    i, j = i[sel], j[sel]
                     with self._autocast():
-                        c = self.head.color(geo[sel], code[fr[i[sel]]])
-                    color[i[sel], j[sel]] = c.float()
-        w = render_weights(sigma, delta)
-        rgb = rgb.index_put((rays,), (w[..., None] * color).sum(1))
+                        c = self.head.color(geo[sel], code[fr[i]])
+                    ray_rgb.index_add_(0, i, w[i, j, None] * c.float())
+        rgb = rgb.index_put((rays,), ray_rgb)
         alpha = alpha.index_put((rays,), w.sum(1))
         depth = depth.index_put((rays,), (w * t).sum(1))
         out = {"rgb": rgb, "alpha": alpha, "depth": depth}
