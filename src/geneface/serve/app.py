@@ -33,7 +33,9 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from .. import __version__
-from ..device import resolve_device
+from ..device import DEVICES, resolve_device
+from ..features import FEATURE_KINDS
+from ..motion.presets import PRESETS
 from ..errors import GeneFaceError, InputError
 from ..fileio import read_json
 from ..infer.cli_demo import bundled_speech
@@ -84,7 +86,7 @@ def create_app(config: ServeConfig) -> Starlette:
         Route("/api/speak", api.speak, methods=["POST"]),
         Route("/api/train", api.train, methods=["POST"]),
         Route("/api/evaluate", api.evaluate, methods=["POST"]),
-        Route("/api/jobs", api.jobs),
+        Route("/api/jobs", api.list_jobs),
         Route("/api/jobs/{job}", api.job),
         Route("/api/jobs/{job}/cancel", api.cancel, methods=["POST"]),
         Route("/api/jobs/{job}/resume", api.resume, methods=["POST"]),
@@ -142,7 +144,9 @@ class _Api:
             "people_folder": str(self.work.people),
             "limits": {"audio_mb": self.config.max_audio_mb, "video_mb": self.config.max_video_mb,
                        "speech_seconds": self.config.max_speech_seconds, "live_sessions": self.config.max_live},
-            "live": {"active": self.live.active}})
+            "live": {"active": self.live.active},
+            "train": {"features": [k for k in FEATURE_KINDS if k != "hubert"], "motion_presets": list(PRESETS),
+                      "devices": list(DEVICES)}})
 
     async def people(self, request: Request) -> Response:
         people = await run_in_threadpool(self.work.list_people)
@@ -209,7 +213,7 @@ class _Api:
             return JSONResponse(job.public(), status_code=202)
         return await _handle(go, request)
 
-    async def jobs(self, request: Request) -> Response:
+    async def list_jobs(self, request: Request) -> Response:
         return JSONResponse({"jobs": [job.public() for job in self.jobs.list()]})
 
     async def job(self, request: Request) -> Response:

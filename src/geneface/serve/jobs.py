@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import queue
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -138,6 +139,9 @@ class Jobs:
             raise InputError("give exactly one of audio (an upload id), text, or example")
         if text is not None:
             check_text(text)
+            if shutil.which("espeak-ng") is None:
+                raise InputError("typed text needs espeak-ng, which this server does not have (Debian: apt-get "
+                                 "install espeak-ng); upload or record the speech instead")
             title = f"{person} says “{text[:40]}{'…' if len(text) > 40 else ''}”"
         elif audio is not None:
             upload, _ = self.work.upload(audio, "audio")
@@ -179,6 +183,9 @@ class Jobs:
     def evaluate(self, person: str, frames: int | None = None, audio: list | None = None) -> Job:
         """Queue an evaluation of ``person`` on its validation frames (the first ``frames``) and uploads."""
         self.work.person_path(person)
+        if not self.work.evaluable(person):
+            raise InputError(f"{person} has no dataset to evaluate on (the bundled demo person ships without "
+                             f"one); evaluate a person trained here or with `geneface train all`")
         EvalConfig(frames=frames)
         audio = list(audio or [])
         if len(audio) > MAX_EVAL_AUDIO:

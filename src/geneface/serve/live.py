@@ -18,7 +18,7 @@ The protocol (``/api/live``; README "geneface serve" documents it for clients):
 With ``"idle": true`` (the default) the server's clock keeps frames coming, mouth closed, while no audio
 arrives: after `IDLE_AFTER_S` without audio it feeds the stream silence in real time (those frames carry the
 `FLAG_IDLE` flag). Audio that piles up faster than the frames can be made is dropped beyond `MAX_BACKLOG_S`
-(counted in ``dropped``), so latency stays bounded when the machine is too slow.
+(counted in ``dropped``, in frames of 40 ms), so latency stays bounded when the machine is too slow.
 """
 
 from __future__ import annotations
@@ -59,8 +59,12 @@ START_TIMEOUT_S = 30.0
 """A client that sends no start message in this time is closed."""
 IDLE_AFTER_S = 0.5
 """Without audio for this long, the idle clock starts feeding silence."""
-MAX_BACKLOG_S = 2.0
-"""Audio waiting to be turned into frames beyond this is dropped (the oldest first)."""
+MAX_BACKLOG_S = 1.0
+"""Audio waiting to be turned into frames beyond this is dropped (the oldest first): the latency a machine too
+slow for real time (or too many sessions) comes to."""
+PUSH_SAMPLES = 2 * FRAME_SAMPLES
+"""Audio handed to the stream at once (at most): frames go out as soon as they are made, not a backlog's worth
+at a time."""
 MAX_CHUNK_BYTES = 1 << 20
 """Largest binary message (16 s of audio)."""
 MAX_TEXT_BYTES = 4096
@@ -195,17 +199,19 @@ class Live:
                 raise InputError(f"no start message in {START_TIMEOUT_S:g} s") from None
             except KeyError:  # a binary message first
                 raise InputError('the first message must be {"type": "start", ...} (text), not audio') from None
-            with self._lock:
-                if len(self.sessions) >= self.max_sessions:
-                    await _refuse(ws, f"{self.max_sessions} live sessions are running, the most this server takes "
-                                      f"(--max-live); try again later", CLOSE_BUSY)
-                    return
-                session_id = new_id()
-                self.sessions[session_id] = None  # type: ignore[assignment]  # the slot, taken
+            with self._lock:  # never held across an await: the event loop's thread would block on it
+                if len(self.sessions) < self.max_sessions:
+                    session_id = new_id()
+                    self.sessions[session_id] = None  # type: ignore[assignment]  # the slot, taken
+            if session_id is None:
+                await _refuse(ws, f"{self.max_sessions} live sessions are running, the most this server takes "
+                                  f"(--max-live); try again later", CLOSE_BUSY)
+                return
             path = self.work.person_path(start.person)
             loop = asyncio.get_running_loop()
             model = await loop.run_in_executor(self.executor, self.models.get, path)
-            session = Session(session_id, ws, self.executor, SpeechStream(model, start.config), model, start)
+            stream = await loop.run_in_executor(self.executor, SpeechStream, model, start.config)
+            session = Session(session_id, ws, self.executor, stream, model, start)
             self.sessions[session_id] = session
             log.info(f"live session {session_id}: {start.person} ({ws.client.host if ws.client else '?'})")
             await session.run()
@@ -256,12 +262,14 @@ class Session:
         self.idle_fed = 0
         self.sent = 0
         self.idle_frames = 0
-        self.dropped = 0
+        self.dropped_samples = 0  # client audio dropped (backlog)
         self.compute_s = 0.0
         self.stopping = False
+        self.next_stats = 0.0
 
     def summary(self) -> dict:
-        return {"frames": self.sent, "idle_frames": self.idle_frames, "dropped": self.dropped,
+        return {"frames": self.sent, "idle_frames": self.idle_frames,
+                "dropped": int(round(self.dropped_samples / FRAME_SAMPLES)),
                 "audio_seconds": round(self.received / AUDIO_RATE, 3)}
 
     async def run(self) -> None:
@@ -317,7 +325,7 @@ class Session:
         self._drop_backlog()
 
     def _drop_backlog(self) -> None:
-        """Drop the oldest queued audio beyond `MAX_BACKLOG_S` (whole frames of it)."""
+        """Drop the oldest queued audio beyond `MAX_BACKLOG_S`."""
         limit = int(MAX_BACKLOG_S * AUDIO_RATE)
         while self.queued > limit:
             first = next((i for i, item in enumerate(self.items) if item[0] == "audio"), None)
@@ -325,8 +333,7 @@ class Session:
                 return
             samples, end = self.items[first][1]  # type: ignore[misc]
             cut = min(len(samples), self.queued - limit)
-            cut = min(len(samples), -(-cut // FRAME_SAMPLES) * FRAME_SAMPLES)
-            self.dropped += cut // FRAME_SAMPLES
+            self.dropped_samples += cut
             self.queued -= cut
             if cut == len(samples):
                 del self.items[first]
@@ -336,7 +343,7 @@ class Session:
     # --- the frames ---------------------------------------------------------------------------------
     async def _pump(self) -> None:
         loop = asyncio.get_running_loop()
-        next_stats = time.monotonic() + STATS_EVERY_S
+        self.next_stats = time.monotonic() + STATS_EVERY_S
         while True:
             try:
                 await asyncio.wait_for(self.wake.wait(), 1.0 / FPS)
@@ -347,8 +354,15 @@ class Session:
                 kind, payload = self.items.popleft()
                 if kind == "audio":
                     chunks = [payload]
-                    while self.items and self.items[0][0] == "audio":
+                    total = len(payload[0])  # type: ignore[index]
+                    while total < PUSH_SAMPLES and self.items and self.items[0][0] == "audio":
                         chunks.append(self.items.popleft()[1])
+                        total += len(chunks[-1][0])  # type: ignore[index]
+                    if total > PUSH_SAMPLES:  # the rest of the last chunk goes back to the front of the queue
+                        samples, end = chunks[-1]  # type: ignore[misc]
+                        over = total - PUSH_SAMPLES
+                        chunks[-1] = (samples[:len(samples) - over], end - over)
+                        self.items.appendleft(("audio", (samples[len(samples) - over:], end)))
                     if any(k == "interrupt" for k, _ in self.items):
                         self.queued -= sum(len(c[0]) for c in chunks)  # type: ignore[index]
                         continue  # dropped by the interrupt that follows
@@ -370,13 +384,19 @@ class Session:
                     self.timeline.clear(self.received)
                     self.idle_since = None
                     self.last_audio = time.monotonic()
+                await self._stats()
             await self._idle(loop)
-            now = time.monotonic()
-            if now >= next_stats:
-                next_stats = now + STATS_EVERY_S
-                await self.ws.send_text(json.dumps({
-                    "type": "stats", **self.summary(), "backlog_ms": round(self.queued / AUDIO_RATE * 1000),
-                    "compute_ms_per_frame": round(self.compute_s / max(1, self.sent) * 1000, 1)}))
+            await self._stats()
+
+    async def _stats(self) -> None:
+        """Send the ``stats`` message when it is due (once a second)."""
+        now = time.monotonic()
+        if now < self.next_stats:
+            return
+        self.next_stats = now + STATS_EVERY_S
+        await self.ws.send_text(json.dumps({
+            "type": "stats", **self.summary(), "backlog_ms": round(self.queued / AUDIO_RATE * 1000),
+            "compute_ms_per_frame": round(self.compute_s / max(1, self.sent) * 1000, 1)}))
 
     async def _idle(self, loop: asyncio.AbstractEventLoop) -> None:
         """Feed silence in real time while no audio comes (``idle``)."""

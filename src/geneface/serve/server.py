@@ -53,12 +53,21 @@ def _uvicorn(config: ServeConfig) -> uvicorn.Server:
         server_header=False))
 
 
+def exposure_warning(config: ServeConfig) -> str | None:
+    """The warning `serve` prints when ``config.host`` is not the loopback (None when it is)."""
+    if config.loopback:
+        return None
+    return (f"--host {config.host}: other machines can reach this app"
+            + (" (they need the token)" if config.token else " and use it without a token (--no-token)")
+            + "; the page's microphone works only at http://localhost or over https")
+
+
 def serve(config: ServeConfig) -> None:
     """Serve until Ctrl-C (`geneface serve`)."""
     sock = bind(config.host, config.port)
-    if not config.loopback:
-        log.warning(f"--host {config.host}: other machines can reach this app"
-                    + (" (they need the token)" if config.token else " and use it without a token (--no-token)"))
+    warning = exposure_warning(config)
+    if warning is not None:
+        log.warning(warning)
     server = _uvicorn(config)
     log.info(f"geneface serve: {url_of(sock, config)} (Ctrl-C stops)")
     server.run(sockets=[sock])

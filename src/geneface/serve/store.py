@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import AsyncIterator
 
-import torch
 from python_multipart import MultipartParser
+from starlette.requests import ClientDisconnect
 from python_multipart.multipart import parse_options_header
 
 from .. import media
@@ -138,7 +138,7 @@ class Work:
             with open(part, "wb") as f:
                 if multipart is not None:
                     multipart.out = f
-                async for chunk in chunks:
+                async for chunk in _until_disconnect(chunks):
                     received += len(chunk)
                     if received > limit:
                         raise TooLarge(f"the {kind} upload is larger than the {limit // MB} MB limit ({limit_hint})")
@@ -201,6 +201,10 @@ class Work:
                 raise InputError(f"person {name} cannot be used: {entry['problem']}")
         raise NotFound(f"no person {_shown(name)}")
 
+    def evaluable(self, name: object) -> bool:
+        """Whether the person called ``name`` has its dataset (what `evaluate` measures it on)."""
+        return any(e["id"] == name and e.get("evaluable") for e in self.list_people())
+
     def list_people(self) -> list[dict]:
         """The demo person, then every person model folder in the people folder (plain folders only: a link is
         not followed), with its size and fps, or the problem that keeps it from loading."""
@@ -228,6 +232,15 @@ class Work:
     # --- jobs ---------------------------------------------------------------------------------------
     def job_dir(self, job_id: object) -> Path:
         return self.jobs / check_id(job_id, "job")
+
+
+async def _until_disconnect(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The chunks of a request body; a client that goes away mid-upload is a one-line `InputError`."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except ClientDisconnect:
+        raise InputError("the upload was interrupted (the client disconnected)") from None
 
 
 def _describe(name: str, path: Path, bundled: bool = False) -> dict:
@@ -258,8 +271,8 @@ class Models:
             hit = self._loaded.pop(key, None)
             if hit is None or hit[0] != stamp:
                 log.info(f"loading person model {path}")
-                with torch.inference_mode():
-                    hit = (stamp, PersonModel.load(path, self.device))
+                # not under inference_mode: the renderer's occupancy grid keys a cache on its tensor's version
+                hit = (stamp, PersonModel.load(path, self.device))
             self._loaded[key] = hit  # most recent last
             while len(self._loaded) > self.keep:
                 self._loaded.pop(next(iter(self._loaded)))
