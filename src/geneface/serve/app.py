@@ -171,7 +171,7 @@ class _Api:
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit + MAX_JSON_BYTES:
             raise TooLarge(f"the {kind} upload is larger than the {mb} MB limit ({hint})")
-        path = await self.work.receive(request.stream(), request.headers.get("content-type", ""), kind, name,
+        path, name = await self.work.receive(request.stream(), request.headers.get("content-type", ""), kind, name,
                                        limit, hint)
         try:
             upload = await run_in_threadpool(self.work.record, path, kind, name)

@@ -3,7 +3,7 @@
 The protocol (``/api/live``; README "geneface serve" documents it for clients):
 
 1. the client sends a text message ``{"type": "start", "person": "demo", "controls": {...}, "idle": true,
-   "audio": false, "quality": 80}``; the server answers ``{"type": "ready", ...}`` with the frame rate, size,
+   "audio": false, "quality": 80, "drop_late": true}``; the server answers ``{"type": "ready", ...}`` with the frame rate, size,
    sample rate and the stream's fixed look-ahead (or ``{"type": "error", "message": ...}`` and closes);
 2. the client sends binary messages of 16 kHz mono float32 little-endian PCM, of any length;
 3. the server sends one binary message per frame: a 16-byte header `HEADER` (frame index, flags, and
@@ -17,8 +17,11 @@ The protocol (``/api/live``; README "geneface serve" documents it for clients):
 
 With ``"idle": true`` (the default) the server's clock keeps frames coming, mouth closed, while no audio
 arrives: after `IDLE_AFTER_S` without audio it feeds the stream silence in real time (those frames carry the
-`FLAG_IDLE` flag). Audio that piles up faster than the frames can be made is dropped beyond `MAX_BACKLOG_S`
-(counted in ``dropped``, in frames of 40 ms), so latency stays bounded when the machine is too slow.
+`FLAG_IDLE` flag). With ``"drop_late": true`` (the default) a session that falls more than `MAX_BACKLOG_S`
+behind real time (audio played from when it began to arrive) drops its oldest waiting audio (counted in
+``dropped``, in frames of 40 ms), so that latency stays bounded on a machine too slow for real time; audio sent
+faster than real time (a burst of synthesised speech) is not dropped while the frames keep up with real time.
+With ``"drop_late": false`` every sample becomes a frame, however late (at most `MAX_QUEUED_S` may wait).
 """
 
 from __future__ import annotations
@@ -60,8 +63,10 @@ START_TIMEOUT_S = 30.0
 IDLE_AFTER_S = 0.5
 """Without audio for this long, the idle clock starts feeding silence."""
 MAX_BACKLOG_S = 1.0
-"""Audio waiting to be turned into frames beyond this is dropped (the oldest first): the latency a machine too
-slow for real time (or too many sessions) comes to."""
+"""How far behind real time a session may fall before its oldest waiting audio is dropped (``drop_late``): the
+latency a machine too slow for real time (or serving too many sessions) comes to."""
+MAX_QUEUED_S = 120.0
+"""Most audio waiting to be turned into frames (``drop_late`` false); more is a protocol error."""
 PUSH_SAMPLES = 2 * FRAME_SAMPLES
 """Audio handed to the stream at once (at most): frames go out as soon as they are made, not a backlog's worth
 at a time."""
@@ -85,6 +90,7 @@ class Start:
     idle: bool = True
     audio: bool = False
     quality: int = 80
+    drop_late: bool = True
 
 
 def parse_start(text: str) -> Start:
@@ -92,7 +98,7 @@ def parse_start(text: str) -> Start:
     message = _json(text)
     if message.get("type") != "start":
         raise InputError('the first message must be {"type": "start", "person": ...}')
-    unknown = sorted(set(message) - {"type", "person", "controls", "idle", "audio", "quality"})
+    unknown = sorted(set(message) - {"type", "person", "controls", "idle", "audio", "quality", "drop_late"})
     if unknown:
         raise InputError(f"unknown field {unknown[0]!r} in the start message")
     person = message.get("person", "demo")
@@ -106,14 +112,14 @@ def parse_start(text: str) -> Start:
         raise InputError(f"unknown control {unknown[0]!r}; the live controls are {', '.join(CONTROLS)}")
     if controls.get("pose", "loop") not in ("loop", "still"):
         raise InputError("pose must be loop or still")
-    for key in ("idle", "audio"):
+    for key in ("idle", "audio", "drop_late"):
         if not isinstance(message.get(key, False), bool):
             raise InputError(f"{key} must be true or false")
     quality = message.get("quality", 80)
     if isinstance(quality, bool) or not isinstance(quality, int) or not 10 <= quality <= 100:
         raise InputError("quality (JPEG) must be a whole number from 10 to 100")
     return Start(person=person, config=StreamConfig(**controls), idle=message.get("idle", True),
-                 audio=message.get("audio", False), quality=quality)
+                 audio=message.get("audio", False), quality=quality, drop_late=message.get("drop_late", True))
 
 
 def _json(text: str) -> dict:
@@ -257,6 +263,8 @@ class Session:
         self.wake = asyncio.Event()
         self.received = 0  # client samples received
         self.queued = 0  # client samples queued, not yet fed
+        self.done = 0  # client samples fed to the stream or dropped
+        self.clock: tuple[float, int] | None = None  # (time, done) when the stream last fell behind the client
         self.last_audio = time.monotonic()
         self.idle_since: float | None = None
         self.idle_fed = 0
@@ -277,7 +285,7 @@ class Session:
             "type": "ready", "session": self.id, "person": self.start.person, "fps": self.fps, "size": self.size,
             "sample_rate": AUDIO_RATE, "frame_samples": FRAME_SAMPLES, "delay_frames": self.stream.delay_frames,
             "idle": self.start.idle, "audio": self.start.audio, "format": "jpeg", "header": "<IIQ",
-            "max_backlog_s": MAX_BACKLOG_S}))
+            "drop_late": self.start.drop_late, "max_backlog_s": MAX_BACKLOG_S}))
         reader = asyncio.create_task(self._read())
         pump = asyncio.create_task(self._pump())
         try:
@@ -317,24 +325,37 @@ class Session:
             raise InputError("the audio holds NaN or infinite samples")
         if not len(samples):
             return
+        if self.queued + len(samples) > MAX_QUEUED_S * AUDIO_RATE:
+            raise InputError(f"more than {MAX_QUEUED_S:g} s of audio is waiting to be turned into frames; send it "
+                             f"no faster than the frames come (or start with drop_late true)")
+        now = time.monotonic()
+        if self.clock is None:
+            self.clock = (now, self.done)
         self.received += len(samples)
         self.queued += len(samples)
         self.items.append(("audio", (np.clip(samples, -1.0, 1.0), self.received)))
-        self.last_audio = time.monotonic()
+        self.last_audio = now
         self.idle_since = None
-        self._drop_backlog()
+        self._drop_late()
 
-    def _drop_backlog(self) -> None:
-        """Drop the oldest queued audio beyond `MAX_BACKLOG_S`."""
-        limit = int(MAX_BACKLOG_S * AUDIO_RATE)
-        while self.queued > limit:
+    def _drop_late(self) -> None:
+        """With ``drop_late``: drop the oldest waiting audio beyond `MAX_BACKLOG_S` behind real time, which runs
+        from when the stream last fell behind the client (``clock``)."""
+        if not self.start.drop_late or self.clock is None:
+            return
+        since, done = self.clock
+        due = min(self.received, done + int((time.monotonic() - since) * AUDIO_RATE))  # real time's client count
+        late = due - self.done - int(MAX_BACKLOG_S * AUDIO_RATE)
+        while late > 0:
             first = next((i for i, item in enumerate(self.items) if item[0] == "audio"), None)
             if first is None:
                 return
             samples, end = self.items[first][1]  # type: ignore[misc]
-            cut = min(len(samples), self.queued - limit)
+            cut = min(len(samples), late)
             self.dropped_samples += cut
             self.queued -= cut
+            self.done = end - (len(samples) - cut)
+            late -= cut
             if cut == len(samples):
                 del self.items[first]
             else:
@@ -351,6 +372,9 @@ class Session:
                 pass
             self.wake.clear()
             while self.items:
+                self._drop_late()  # time passed while the last frames were made
+                if not self.items:
+                    break
                 kind, payload = self.items.popleft()
                 if kind == "audio":
                     chunks = [payload]
@@ -363,6 +387,7 @@ class Session:
                         over = total - PUSH_SAMPLES
                         chunks[-1] = (samples[:len(samples) - over], end - over)
                         self.items.appendleft(("audio", (samples[len(samples) - over:], end)))
+                    self.done = chunks[-1][1]  # type: ignore[index]
                     if any(k == "interrupt" for k, _ in self.items):
                         self.queued -= sum(len(c[0]) for c in chunks)  # type: ignore[index]
                         continue  # dropped by the interrupt that follows
@@ -370,6 +395,8 @@ class Session:
                     self.queued -= len(audio)
                     self.timeline.fed(len(audio), chunks[-1][1])  # type: ignore[index]
                     await self._send(await loop.run_in_executor(self.executor, self._compute, "push", audio))
+                    if self.queued == 0:
+                        self.clock = None  # caught up with the client
                 elif kind == "flush" or kind == "stop":
                     frames = await loop.run_in_executor(self.executor, self._compute, "flush", None)
                     self.timeline.fed(max(0, len(frames) * FRAME_SAMPLES - self.timeline.held), None)
@@ -382,6 +409,7 @@ class Session:
                 elif kind == "interrupt":
                     await loop.run_in_executor(self.executor, self._compute, "interrupt", None)
                     self.timeline.clear(self.received)
+                    self.clock = None if self.queued == 0 else self.clock
                     self.idle_since = None
                     self.last_audio = time.monotonic()
                 await self._stats()

@@ -124,10 +124,11 @@ class Work:
 
     # --- uploads ------------------------------------------------------------------------------------
     async def receive(self, chunks: AsyncIterator[bytes], content_type: str, kind: str, name: str,
-                      limit: int, limit_hint: str) -> Path:
+                      limit: int, limit_hint: str) -> tuple[Path, str]:
         """Stream a request body into ``uploads/ID.EXT`` (a raw body, or the first file of a multipart form);
-        `TooLarge` once it passes ``limit`` bytes (the partial file is removed). Returns the path; its record
-        is written by `record` once the file is checked."""
+        `TooLarge` once it passes ``limit`` bytes (the partial file is removed). Returns the path and the file's
+        name (a multipart form's own, else ``name``); its record is written by `record` once the file is
+        checked."""
         if kind not in ("audio", "video"):
             raise InputError(f"kind must be audio or video, got {_shown(kind)}")
         upload_id = new_id()
@@ -155,7 +156,7 @@ class Work:
             allowed = AUDIO_EXTENSIONS if kind == "audio" else VIDEO_EXTENSIONS
             path = self.uploads / f"{upload_id}{ext if ext in allowed else '.bin'}"
             os.replace(part, path)
-            return path
+            return path, name
         finally:
             part.unlink(missing_ok=True)
 
