@@ -21,9 +21,9 @@ from geneface.infer.stream import FRAME_SAMPLES, SpeechStream, StreamConfig, Str
 
 SIZE = 32
 CHUNKS_MS = (20, 100, 1000)
-TOLERANCE_IOD = 0.05
+TOLERANCE_IOD = 0.02
 """Streamed vs offline landmarks at the default look-ahead: mean absolute difference, in % of the inter-ocular
-distance (measured: about 0.001 %; the landmarks are in units of the inter-ocular distance)."""
+distance (measured: 0.005 %, the worst frame 0.04 %; a frame's own motion is 0.2 %, the mouth's 0.4 %)."""
 
 
 @pytest.fixture(scope="module")
@@ -84,27 +84,26 @@ def test_streamed_landmarks_match_offline_inference(demo, streamed, speech):
     for ms in CHUNKS_MS:
         diff = np.abs(landmarks(streamed[ms][0]) - offline)  # [T, 68, 3] in units of the inter-ocular distance
         assert 100 * diff.mean() < TOLERANCE_IOD, ms
-        assert 100 * diff.mean((1, 2)).max() < 4 * TOLERANCE_IOD, ms
+        assert 100 * diff.mean((1, 2)).max() < 5 * TOLERANCE_IOD, ms
         # a frame does not depend on the chunking
         np.testing.assert_allclose(landmarks(streamed[ms][0]), landmarks(streamed[20][0]), atol=1e-5)
     assert 100 * np.abs(offline).mean() > 10 * TOLERANCE_IOD  # the landmarks move far more than that
 
 
 def test_no_seams_at_chunk_joins(demo, streamed, speech):
-    """The frame-to-frame change across two pushes is the offline track's change there, and no larger than the
-    largest change elsewhere in the track."""
+    """The frame-to-frame change across two pushes is the offline track's change there (within a small excess,
+    on average no more than elsewhere in the track), and no larger than the largest change offline."""
     offline = demo.landmarks(padded(speech), InferConfig(temperature=0.0))
     change_offline = np.abs(np.diff(offline, axis=0)).mean((1, 2))  # [T - 1]
     for ms in CHUNKS_MS:
         frames, push_of = streamed[ms]
         change = np.abs(np.diff(landmarks(frames), axis=0)).mean((1, 2))
+        excess = 100 * np.abs(change - change_offline)  # % of the inter-ocular distance
         joins = np.flatnonzero(np.diff(push_of) != 0)
-        inside = np.flatnonzero(np.diff(push_of) == 0)
         assert len(joins) >= 4
-        assert np.abs(change[joins] - change_offline[joins]).max() < 1e-4  # 0.01 % of the inter-ocular distance
-        assert change[joins].max() <= change_offline.max() + 1e-6
-        if len(inside):
-            assert change[joins].mean() <= 2 * change[inside].mean()
+        assert excess[joins].max() < 2.5 * TOLERANCE_IOD, ms
+        assert excess[joins].mean() <= 2 * excess.mean() + 1e-6, ms
+        assert change[joins].max() <= 1.01 * change_offline.max(), ms
 
 
 def test_temperature_and_seed_match_offline_too(demo, speech):
@@ -149,7 +148,7 @@ def test_silence_closes_the_mouth_and_keeps_it_still_while_idle_motion_goes_on(d
 def test_flush_ends_an_utterance_and_the_stream_goes_on(demo, speech):
     stream = SpeechStream(demo, StreamConfig(size=SIZE))
     d = stream.delay_frames
-    assert d == 6
+    assert d == 5
     with torch.inference_mode():
         assert stream.flush() == []
         first = stream.push(speech[:10 * FRAME_SAMPLES + 100])
@@ -171,11 +170,12 @@ def test_interrupt_drops_the_audio_not_yet_in_frames(demo, speech):
         assert stream.held == (stream.delay_frames * FRAME_SAMPLES + 300)
         assert stream.interrupt() is None
         assert stream.held == 0 and stream.flush() == []
-        after = stream.push(speech[40 * FRAME_SAMPLES:48 * FRAME_SAMPLES])
+        new = speech[40 * FRAME_SAMPLES:48 * FRAME_SAMPLES]
+        after = stream.push(new)
         assert len(after) == 8 - stream.delay_frames  # counted from the interrupt
         after += stream.flush()
     assert [f.index for f in sent + after] == list(range(len(sent) + 8))  # indices go on without a gap
-    np.testing.assert_array_equal(np.concatenate([f.audio for f in after]), speech[40 * FRAME_SAMPLES:48 * FRAME_SAMPLES])
+    np.testing.assert_array_equal(np.concatenate([f.audio for f in after]), new)
 
 
 def test_memory_stays_bounded_on_a_long_stream(demo, speech):

@@ -26,11 +26,11 @@ inference makes except within ``D`` frames of each cut. How each stage gets ther
 - **rendering**: the condition window of frames ``i - 2 .. i + 2`` from the same cut track; the head pose of
   frame ``i`` from the person's loop (`pose_at`) or still; frames rendered in batches of `RENDER_BATCH`.
 
-With the default ``D = 6`` (240 ms) and ``smoothing = 1`` the streamed landmarks of the demo person differ from
-offline ones by about 0.001 % of the inter-ocular distance on average (`tests/test_stream.py` holds it under
-0.05 %; `benchmarks/stream.py` measures it). The generator's decoder and condition reach 6 frames ahead, the
-smoothing 4 and the render window 2: ``D = 12`` would be exact, but costs 240 ms more latency for a difference
-a thousand times below a frame's own motion.
+With the default ``D = 5`` (200 ms) and ``smoothing = 1`` the streamed landmarks of the demo person differ from
+offline ones by 0.005 % of the inter-ocular distance on average (0.04 % in the worst frame; the mouth moves
+0.4 % a frame): the generator's decoder and condition reach 6 frames ahead, the smoothing 4 and the render
+window 2, so ``D = 12`` would be exact but 280 ms later, and ``D = 6`` is within 0.001 %
+(`benchmarks/stream.py` measures each; `tests/test_stream.py` holds the default under 0.02 %).
 
 **What differs from offline inference**: offline inference refuses silent audio (the stream takes it: a
 closed, still mouth), and counts ``round(N / 640)`` frames where the stream pads the last partial frame
@@ -80,7 +80,7 @@ class StreamConfig:
     """Scale of the predicted mouth motion (above 1 exaggerates articulation)."""
     smoothing: float = same_as(InferConfig, "smoothing")
     """Temporal smoothing of the landmarks (Gaussian sigma in frames, 0 = off)."""
-    lookahead: int = opt(6, min=0, max=50)
+    lookahead: int = opt(5, min=0, max=50)
     """Frames of audio after a frame that it waits for (40 ms each): more is closer to offline inference,
     less is sooner."""
     size: int | None = opt(None, min=8, max=MAX_SIZE)

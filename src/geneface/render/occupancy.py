@@ -46,7 +46,11 @@ class OccupancyGrid(nn.Module):
     def query_normalised(self, g: Tensor) -> Tensor:
         """`query` for points already mapped to the box's [-1, 1]^3: bool [...] (one nearest-neighbour
         `grid_sample`; the volume is indexed [z, y, x] as grid_sample expects)."""
-        volume = self.occupied.permute(2, 1, 0).to(g.dtype)[None, None]
+        key = (self.occupied.data_ptr(), self.occupied._version, g.dtype)
+        if getattr(self, "_volume_key", None) != key:  # kept until the grid changes (inference asks often)
+            self._volume = self.occupied.permute(2, 1, 0).to(g.dtype)[None, None].contiguous()
+            self._volume_key = key
+        volume = self._volume
         out = F.grid_sample(volume, g.reshape(1, -1, 1, 1, 3), mode="nearest", padding_mode="zeros",
                             align_corners=False)
         return out.view(g.shape[:-1]) > 0.5
