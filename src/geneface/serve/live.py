@@ -56,8 +56,9 @@ FLAG_IDLE = 1
 """The frame was made from silence the server added (no audio of the client's in it)."""
 FLAG_AUDIO = 2
 """The frame's 640 float32 samples follow the header."""
-CONTROLS = ("temperature", "seed", "pose", "blink", "mouth_scale", "smoothing")
-"""The `StreamConfig` fields a start message may set."""
+CONTROLS = ("temperature", "seed", "pose", "blink", "mouth_scale", "smoothing", "lookahead", "size")
+"""The `StreamConfig` fields a start message may set (``size``: smaller frames are faster; ``lookahead``: fewer
+frames of look-ahead are sooner)."""
 START_TIMEOUT_S = 30.0
 """A client that sends no start message in this time is closed."""
 IDLE_AFTER_S = 0.5
@@ -256,8 +257,8 @@ class Session:
         self.executor = executor
         self.stream = stream
         self.start = start
-        self.fps = float(model.fps)
-        self.size = int(model.size)
+        self.fps = float(stream.fps)
+        self.size = int(stream.size)
         self.timeline = Timeline()
         self.items: deque[tuple[str, object]] = deque()  # ("audio", (samples, client end)) or ("flush", None) ...
         self.wake = asyncio.Event()

@@ -405,6 +405,8 @@ class LiveSession {
     this.form = form;
     this.person = form.person.value;
     this.controls = controlsOf(form, false);
+    this.controls.lookahead = Math.trunc(Number(form.lookahead.value));
+    if (form.size.value) this.controls.size = Number(form.size.value);
     this.source = sourceOf(form);
     this.canvas = $("#live-canvas");
     this.received = 0;        // frames received
@@ -910,6 +912,7 @@ function markdown(text, jobId, files) {
 
 async function main() {
   for (const button of $$("#tabs [data-tab]")) button.addEventListener("click", () => selectTab(button.dataset.tab));
+  window.addEventListener("hashchange", () => selectTab(location.hash.slice(1)));
   try {
     app.info = await api("/api/info");
     await loadPeople();
