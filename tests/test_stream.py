@@ -17,6 +17,7 @@ from geneface import InferConfig, PersonModel, media
 from geneface.constants import EYE_LOWER_68, EYE_UPPER_68
 from geneface.errors import InputError
 from geneface.infer.cli_demo import bundled_person, bundled_speech
+from geneface.infer.stabilise import BlinkSchedule, blink_track, pose_at, pose_track
 from geneface.infer.stream import FRAME_SAMPLES, SpeechStream, StreamConfig, StreamFrame
 
 SIZE = 32
@@ -114,6 +115,34 @@ def test_temperature_and_seed_match_offline_too(demo, speech):
     other, _ = run(SpeechStream(demo, StreamConfig(temperature=0.8, seed=4, size=SIZE)), speech[:50 * FRAME_SAMPLES],
                    1600)
     assert np.abs(landmarks(other) - landmarks(frames)).mean() > 1e-4  # the seed matters
+
+
+def test_a_window_of_the_motion_draws_the_whole_sequences_noise(demo, speech):
+    """What lets the stream sample motion window by window: latent step l's noise comes from (seed, l) alone, so a
+    window placed at its ``first_frame`` gives the whole sequence's offsets away from its edges (at any
+    temperature; the demo person's motion hardly depends on the noise, so the test turns it up)."""
+    feats, _ = demo.motion.features_for_audio(speech[:80 * FRAME_SAMPLES])
+    whole = demo.motion.predict(feats, temperature=10.0, seed=1)
+    s, e, c = 20, 72, demo.motion.context_frames
+    window = demo.motion.predict(feats[2 * s:2 * e], temperature=10.0, seed=1, first_frame=s)
+    np.testing.assert_allclose(window[c:-c], whole[s + c:e - c], atol=1e-6)
+    misplaced = demo.motion.predict(feats[2 * s:2 * e], temperature=10.0, seed=1, first_frame=0)
+    assert np.abs(misplaced[c:-c] - whole[s + c:e - c]).max() > 1e-3
+    with pytest.raises(ValueError, match="multiple of"):
+        demo.motion.predict(feats, first_frame=3)
+
+
+def test_blinks_and_poses_of_any_frame_match_the_whole_track():
+    """The stream asks for blinks and poses a few frames at a time, forever: the same as the offline tracks."""
+    whole = blink_track(3000, 25.0, seed=5)
+    schedule = BlinkSchedule(25.0, seed=5)
+    windows = np.stack([schedule.closure(i, i + 5) for i in range(0, 2990)])
+    np.testing.assert_array_equal(windows[:, 0], whole[:2990])
+    assert len(schedule._starts) <= 2  # noqa: SLF001  (forgotten once over)
+    c2w = np.arange(7, dtype=np.float32)[:, None, None] * np.ones((1, 4, 4), np.float32)
+    frames = np.array([3, 500, 12, 0])
+    for mode in ("loop", "still"):
+        np.testing.assert_array_equal(pose_at(c2w, frames, mode), pose_track(c2w, 501, mode)[frames])
 
 
 def lip_gap(demo, lm: np.ndarray) -> np.ndarray:
