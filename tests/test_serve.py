@@ -518,7 +518,7 @@ def test_live_session_gives_one_frame_per_40_ms_in_order(client, served):
 
 def test_live_flush_interrupt_and_idle_frames(client):
     with client.websocket_connect(WS) as ws:
-        ws.send_text(json.dumps({"type": "start", "person": "demo", "idle": True}))
+        ws.send_text(json.dumps({"type": "start", "person": "demo", "idle": True, "drop_late": False}))
         ready = ws.receive_json()
         samples = speech(1.0)
         for at in range(0, len(samples), CHUNK):

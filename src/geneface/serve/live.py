@@ -345,8 +345,8 @@ class Session:
         if not self.start.drop_late or self.clock is None:
             return
         since, done = self.clock
-        due = min(self.received, done + int((time.monotonic() - since) * AUDIO_RATE))  # real time's client count
-        late = due - self.done - int(MAX_BACKLOG_S * AUDIO_RATE)
+        due = done + int((time.monotonic() - since) * AUDIO_RATE)  # the client's count, had it played in real time
+        late = due - self.done - int(MAX_BACKLOG_S * AUDIO_RATE)  # beyond the latency allowed
         while late > 0:
             first = next((i for i, item in enumerate(self.items) if item[0] == "audio"), None)
             if first is None:
