@@ -7,12 +7,14 @@ after a restart and finished, with its person then speaking and evaluated."""
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import json
 import re
 import struct
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 from urllib.parse import quote
 
@@ -199,6 +201,17 @@ def test_page_and_its_files_come_from_the_app(client):
     assert refs and all(ref.startswith("/static/") for ref in refs), refs
     refused(client.get("/static/nothing.js"), 404)
     refused(client.get("/static/../store.py"), 404)
+
+
+def test_the_page_ships_in_the_package():
+    """pyproject.toml's package data takes every file of serve/static (a wheel without them serves no page)."""
+    root = Path(__file__).resolve().parent.parent
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["geneface"]
+    static = root / "src" / "geneface" / "serve" / "static"
+    names = sorted(p.relative_to(static.parent.parent).as_posix() for p in static.iterdir())
+    assert {"serve/static/index.html", "serve/static/app.js", "serve/static/style.css"} <= set(names)
+    for name in names:
+        assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name
 
 
 def test_api_lists_routes_info_people_and_example_speech(client):
