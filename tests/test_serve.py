@@ -14,7 +14,6 @@ import struct
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 from urllib.parse import quote
 
@@ -205,6 +204,7 @@ def test_page_and_its_files_come_from_the_app(client):
 
 def test_the_page_ships_in_the_package():
     """pyproject.toml's package data takes every file of serve/static (a wheel without them serves no page)."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     root = Path(__file__).resolve().parent.parent
     patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["geneface"]
     static = root / "src" / "geneface" / "serve" / "static"
