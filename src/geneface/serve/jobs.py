@@ -225,7 +225,8 @@ class Jobs:
         with self._lock:
             if job.state not in RESUMABLE:
                 raise Busy(f"job {job.id} is {job.state}; only a failed, cancelled or interrupted job can be resumed")
-            job.state, job.error, job.cancel_at, job.progress, job.eta, job.detail = "queued", None, None, None, None, ""
+            job.state, job.error, job.cancel_at = "queued", None, None
+            job.progress, job.eta, job.detail = None, None, ""
             job.started = job.finished = None
             self._save(job)
         if job.kind == "render":
@@ -611,13 +612,13 @@ class _Tracker:
 
     def _enter(self, name: str) -> None:
         for stage in self.stages:
-            if stage["name"] == name:
-                if self.current is not None and self.current is not stage and self.current["state"] == "running":
-                    self.current["state"] = "done"
-                stage["state"] = "running"
-                self.current = stage
-            elif stage["state"] == "running" and self.current is not stage:
-                stage["state"] = "done"
+            if stage["name"] != name and stage["state"] == "running":
+                _finished(stage)
+        stage = next(s for s in self.stages if s["name"] == name)
+        if stage is not self.current:
+            self.bar = {}  # the previous stage's progress bar
+        stage["state"] = "running"
+        self.current = stage
 
     def bar_line(self, line: str) -> None:
         m = BAR.match(line)
@@ -653,8 +654,17 @@ class _Tracker:
     def finish(self, done: bool) -> None:
         if done:
             for stage in self.stages:
-                stage["state"] = "done" if stage["state"] != "skipped" else "skipped"
+                if stage["state"] != "skipped":
+                    _finished(stage)
         self.write(force=True)
+
+
+def _finished(stage: dict) -> None:
+    """Mark a stage done, its last progress bar full."""
+    stage["state"] = "done"
+    if stage.get("total"):
+        stage["n"] = stage["total"]
+    stage["left"] = None
 
 
 class _BarReader(io.TextIOBase):

@@ -3,8 +3,9 @@
 The protocol (``/api/live``; README "geneface serve" documents it for clients):
 
 1. the client sends a text message ``{"type": "start", "person": "demo", "controls": {...}, "idle": true,
-   "audio": false, "quality": 80, "drop_late": true}``; the server answers ``{"type": "ready", ...}`` with the frame rate, size,
-   sample rate and the stream's fixed look-ahead (or ``{"type": "error", "message": ...}`` and closes);
+   "audio": false, "quality": 80, "drop_late": true}``; the server answers ``{"type": "ready", ...}`` with the
+   frame rate, size, sample rate and the stream's fixed look-ahead (or ``{"type": "error", "message": ...}`` and
+   closes);
 2. the client sends binary messages of 16 kHz mono float32 little-endian PCM, of any length;
 3. the server sends one binary message per frame: a 16-byte header `HEADER` (frame index, flags, and
    ``audio_end``: how many of the client's samples had arrived up to the end of this frame's 40 ms, which
