@@ -28,6 +28,7 @@ from geneface.cli import main
 from geneface.errors import InputError
 from geneface.infer.cli_demo import bundled_person, bundled_speech
 from geneface.serve import ServeConfig, background, create_app
+from geneface.serve.jobs import TRAIN_STAGES, _BarReader, _Tracker
 from geneface.serve.live import FLAG_AUDIO, FLAG_IDLE, FRAME_SAMPLES, HEADER
 from geneface.serve.server import exposure_warning
 from geneface.synth import SynthConfig, synthesize
@@ -649,6 +650,33 @@ def test_four_live_sessions_at_once_over_real_sockets(tmp_path):
 
 
 # --- training, resuming after a restart, the new person ------------------------------------------------
+
+def test_training_progress_is_read_from_the_log_and_progress_bars(tmp_path):
+    """What a training process writes to progress.json, from `train_person`'s log lines and tqdm's bars."""
+    tracker = _Tracker(tmp_path / "progress.json", TRAIN_STAGES)
+    bars = _BarReader(tracker)
+    tracker.log("== process: people/me/data")
+    time.sleep(0.3)  # progress.json is written at most 4 times a second (log lines always)
+    bars.write("track:  40%|####      | 30/75 [00:01<00:02, 20.0frame/s]\r")
+    progress = json.loads((tmp_path / "progress.json").read_text())
+    assert progress["stages"][0] == {"name": "process", "state": "running", "step": "track", "n": 30, "total": 75,
+                                     "elapsed": 1.0, "left": 2.0}
+    assert progress["detail"] == "process: track 30/75" and progress["progress"] == pytest.approx(0.4 / 3)
+    tracker.log("== train motion: people/me/motion")
+    time.sleep(0.3)
+    bars.write("syncnet:  10%|#         | 150/1500 [01:05<09:45,  2.3step/s]\n")
+    time.sleep(0.3)
+    bars.write("generator:   0%|          | 0/1500 [00:00<?, ?step/s]\r")
+    progress = json.loads((tmp_path / "progress.json").read_text())
+    process, motion, render = progress["stages"]
+    assert process["state"] == "done" and process["n"] == 75
+    assert motion["state"] == "running" and motion["step"] == "generator" and motion["left"] is None
+    assert render["state"] == "waiting" and progress["progress"] == pytest.approx(1 / 3)
+    tracker.log("train render: people/me/render is already trained; skipping")
+    tracker.finish(True)
+    progress = json.loads((tmp_path / "progress.json").read_text())
+    assert [s["state"] for s in progress["stages"]] == ["done", "done", "skipped"] and progress["progress"] == 1
+
 
 def test_train_job_progress_cancel_restart_resume(tmp_path, person_video):
     work = tmp_path / "work"
