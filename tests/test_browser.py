@@ -122,7 +122,23 @@ def test_speak_renders_an_upload_and_shows_the_video(browser):
     link = driver.find_element(By.ID, "speak-download")
     assert link.is_displayed() and link.get_attribute("href").endswith("?download=1")
     driver.save_screenshot(str(DOCS / "serve_speak.png"))
+    # the microphone: recorded in the page (resampled to 16 kHz, a WAV file), uploaded, rendered
+    driver.find_element(By.CSS_SELECTOR, "#speak-form input[name=source][value=record]").click()
+    driver.find_element(By.ID, "record-start").click()
+    wait_for(lambda: text(driver, "record-state") == "recording…" or text(driver, "speak-error"), 30, "recording")
+    time.sleep(2.0)
+    driver.find_element(By.ID, "record-stop").click()
+    recorded = float(text(driver, "record-state").split()[1])
+    assert 1.5 < recorded < 4.0, text(driver, "record-state")
+    before = driver.find_element(By.ID, "speak-video").get_attribute("src")
+    driver.find_element(By.ID, "speak-go").click()
+    wait_for(lambda: driver.find_element(By.ID, "speak-video").get_attribute("src") != before
+             or text(driver, "speak-error"), 120, "the render of the recording")
+    assert not text(driver, "speak-error"), text(driver, "speak-error")
+    frames = int(text(driver, "speak-status").split()[1])
+    assert abs(frames - recorded * 25) <= 2, (frames, recorded)
     # a bad file: a message in the page, not a traceback
+    driver.find_element(By.CSS_SELECTOR, "#speak-form input[name=source][value=upload]").click()
     bad = folder / "not audio.wav"
     bad.write_bytes(np.random.default_rng(0).bytes(4000))
     driver.find_element(By.CSS_SELECTOR, "#speak-form input[name=file]").send_keys(str(bad))
