@@ -726,14 +726,17 @@ async function startTraining() {
   await refreshTrainJobs();
 }
 
+// Shows the training jobs, again every second while one runs (every 5 s while the tab is open): one chain of
+// timers however often it is called.
 async function refreshTrainJobs() {
   clearTimeout(train.timer);
+  train.timer = null;
   let jobs;
   try {
     jobs = (await api("/api/jobs")).jobs.filter((j) => j.kind === "train");
   } catch (e) {
     message($("#train-error"), e.message);
-    train.timer = setTimeout(refreshTrainJobs, 5000);
+    if (!train.timer) train.timer = setTimeout(refreshTrainJobs, 5000);
     return;
   }
   const list = $("#train-jobs");
@@ -746,7 +749,7 @@ async function refreshTrainJobs() {
   if (newPerson) await loadPeople();
   const active = jobs.some((j) => ["queued", "running"].includes(j.state));
   const visible = !$("#train").hidden;
-  if (active || visible) train.timer = setTimeout(refreshTrainJobs, active ? 1000 : 5000);
+  if ((active || visible) && !train.timer) train.timer = setTimeout(refreshTrainJobs, active ? 1000 : 5000);
 }
 
 function trainCard(job) {
@@ -813,7 +816,8 @@ async function runEvaluation() {
   const form = $("#eval-form");
   message($("#eval-error"), "");
   const person = form.person.value;
-  if (!person || form.person.selectedOptions[0].disabled) {
+  const option = form.person.selectedOptions[0];
+  if (!person || !option || option.disabled) {
     throw new ApiError("no person here can be evaluated: train one on the Train tab first");
   }
   $("#eval-go").disabled = true;
