@@ -11,8 +11,9 @@
 (`PersonModel.landmarks`, then `PersonModel.frames`) gives for frame ``i`` of the audio cut ``D =
 StreamConfig.lookahead`` frames after it, at sample ``640 (i + 1 + D)``; `flush` cuts at the end of the audio
 (padded with silence to a whole frame), as offline inference does. So a frame does not depend on how the audio
-was chunked, and once the last frame of an utterance is out, the stream has made exactly what offline
-inference makes except within ``D`` frames of each cut. How each stage gets there incrementally:
+was chunked, and the stream differs from offline inference on the whole utterance only by what the audio more
+than ``D`` frames after a frame would have changed in it (its last ``D`` frames see the same end as offline).
+How each stage gets there incrementally:
 
 - **features**: a `mel` row depends on 40 ms of audio around its centre (`FeatureExtractor.context`), so each
   frame's two rows are computed once, when its audio is complete, and equal the whole clip's rows bit for bit.
