@@ -117,7 +117,10 @@ def test_speak_renders_an_upload_and_shows_the_video(browser):
     ready = wait_for(lambda: driver.execute_script(
         "const v = document.getElementById('speak-video'); return v.readyState >= 4 && [v.videoWidth, v.duration]"),
         30, "the video to load")
-    time.sleep(0.5)  # the player's loading spinner fades
+    driver.execute_script("document.getElementById('speak-video').currentTime = 1.0")  # a frame mid-speech
+    wait_for(lambda: driver.execute_script(
+        "const v = document.getElementById('speak-video'); return !v.seeking && v.readyState >= 2"), 30, "the seek")
+    time.sleep(1.0)  # the player's loading spinner fades
     assert ready[0] == 128 and abs(ready[1] - 2.0) < 0.1, ready
     link = driver.find_element(By.ID, "speak-download")
     assert link.is_displayed() and link.get_attribute("href").endswith("?download=1")
