@@ -1,10 +1,13 @@
 """The page of `geneface serve` in a real browser: headless Chromium (selenium + chromedriver) against the app
 served by uvicorn on a free port. Live runs on the demo person with a fake microphone that plays the bundled
 speech; frames must be drawn on the canvas and the page must show a frames/s figure. Speak renders a short
-upload and shows the video. Screenshots go to docs/ (README "geneface serve" shows them)."""
+upload and shows the video. Screenshots go to the test's temporary folder, or with GENEFACE_DOCS_SCREENSHOTS=1
+to docs/serve_live.png and docs/serve_speak.png (README "geneface serve" shows them; a plain test run leaves the
+tree as it was)."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from geneface.serve import ServeConfig, background
 pytestmark = pytest.mark.browser
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS_ENV = "GENEFACE_DOCS_SCREENSHOTS"
 LIVE_FRAMES = 60
 """Frames the Live tab must draw (2.4 s of speech at 25 frames/s)."""
 
@@ -52,6 +56,15 @@ def browser(chromium_paths, tmp_path_factory):
             driver.quit()
 
 
+def screenshot(driver, folder: Path, name: str) -> Path:
+    """Save the page as ``name``: in docs/ with GENEFACE_DOCS_SCREENSHOTS=1, else in ``folder``."""
+    out = (DOCS if os.environ.get(DOCS_ENV) == "1" else folder) / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    assert driver.save_screenshot(str(out)), out
+    assert out.stat().st_size > 10_000
+    return out
+
+
 def wait_for(condition, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -77,7 +90,7 @@ return [c.width, c.height, mean, Math.sqrt(Math.max(0, sq / n - mean * mean))];
 
 
 def test_live_draws_frames_from_the_microphone(browser):
-    driver, url, _ = browser
+    driver, url, folder = browser
     driver.get(f"{url}#live")
     wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#live-form select.people option"), 30, "the people")
     assert driver.find_element(By.CSS_SELECTOR, "#live-form input[value=mic]").is_selected()
@@ -92,8 +105,7 @@ def test_live_draws_frames_from_the_microphone(browser):
     assert (width, height) == (128, 128)
     assert 20 < mean < 235 and spread > 10, (mean, spread)  # a face, not a blank or uniform canvas
     assert "live: demo, 128 px" in text(driver, "live-status")
-    DOCS.mkdir(exist_ok=True)
-    driver.save_screenshot(str(DOCS / "serve_live.png"))
+    screenshot(driver, folder, "serve_live.png")
     driver.find_element(By.ID, "live-stop").click()
     wait_for(lambda: text(driver, "live-status").startswith("stopped"), 30, "the session to stop")
     assert not text(driver, "live-error"), text(driver, "live-error")
@@ -124,7 +136,7 @@ def test_speak_renders_an_upload_and_shows_the_video(browser):
     assert ready[0] == 128 and abs(ready[1] - 2.0) < 0.1, ready
     link = driver.find_element(By.ID, "speak-download")
     assert link.is_displayed() and link.get_attribute("href").endswith("?download=1")
-    driver.save_screenshot(str(DOCS / "serve_speak.png"))
+    screenshot(driver, folder, "serve_speak.png")
     # the microphone: recorded in the page (resampled to 16 kHz, a WAV file), uploaded, rendered
     driver.find_element(By.CSS_SELECTOR, "#speak-form input[name=source][value=record]").click()
     driver.find_element(By.ID, "record-start").click()
