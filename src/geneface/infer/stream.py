@@ -25,7 +25,8 @@ How each stage gets there incrementally:
 - **stabilisation**: `shape` per frame, `smooth` over that window (its edge value repeated past the cut, as
   offline past the end), eyes and blinks from a `BlinkSchedule` that runs over the stream's whole life.
 - **rendering**: the condition window of frames ``i - 2 .. i + 2`` from the same cut track; the head pose of
-  frame ``i`` from the person's loop (`pose_at`) or still; frames rendered in batches of `RENDER_BATCH`.
+  frame ``i`` from the person's loop (`pose_at`) or still; the frames of a push rendered in shares of at
+  most `RENDER_BATCH` by `StreamConfig.threads` threads.
 
 With the default ``D = 5`` (200 ms) and ``smoothing = 1`` the streamed landmarks of the demo person differ from
 offline ones by 0.005 % of the inter-ocular distance on average (0.04 % in the worst frame; the mouth moves
@@ -45,9 +46,12 @@ change nothing in it.
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ..cliopts import MAX_SIZE, check_config, opt, same_as
 from ..constants import AUDIO_RATE, FPS, HOP
@@ -60,7 +64,25 @@ from .stabilise import BlinkSchedule, pose_at, set_eyes, shape, smooth, smoothin
 FRAME_SAMPLES = AUDIO_RATE // FPS
 """Audio samples per frame (640 = 40 ms)."""
 RENDER_BATCH = 4
-"""Most frames rendered at once (a push that completes more renders them in several batches)."""
+"""Most frames rendered at once by one thread (a push that completes more renders them in several batches)."""
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _render_pool(threads: int) -> ThreadPoolExecutor:
+    """The process's pool of ``threads`` render threads, shared by every stream that asks for that many."""
+    with _POOLS_LOCK:
+        if threads not in _POOLS:
+            _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="geneface-render")
+        return _POOLS[threads]
+
+
+def _shares(n: int, threads: int) -> list[tuple[int, int]]:
+    """Contiguous ranges ``[lo, hi)`` covering ``0 .. n``: at least one per thread (when there are enough
+    frames), none longer than `RENDER_BATCH`, as equal as can be."""
+    parts = min(n, max(threads, -(-n // RENDER_BATCH)))
+    cuts = [round(k * n / parts) for k in range(parts + 1)]
+    return [(lo, hi) for lo, hi in zip(cuts, cuts[1:])]
 HALF_WINDOW = WINDOW // 2
 """Frames either side of a frame in the renderer's condition window (2)."""
 
@@ -86,6 +108,9 @@ class StreamConfig:
     less is sooner."""
     size: int | None = opt(None, min=8, max=MAX_SIZE)
     """Side of the frames in pixels (default: the person model's; smaller is faster)."""
+    threads: int = opt(2, min=1, max=64)
+    """Threads that render the frames of one push, a share each. Called from a worker thread (as a server
+    does), torch's own threads hardly use a second core, so the stream splits its frames instead."""
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -189,14 +214,19 @@ class SpeechStream:
             return []
         windows = np.stack([self._window(i, min(i + 1 + self.delay_frames, self._complete)) for i in indices])
         c2w = pose_at(self.model.person.c2w, np.asarray(indices), self.config.pose)
+        def render(share: tuple[int, int]) -> np.ndarray:  # [hi - lo, S, S, 3]
+            with torch.inference_mode():  # grad mode is per thread
+                return self.model.render(windows[share[0]:share[1]], c2w[share[0]:share[1]], self.config.size)
+
+        shares = _shares(len(indices), self.config.threads)
+        parts = (map(render, shares) if len(shares) == 1
+                 else _render_pool(self.config.threads).map(render, shares))
         frames = []
-        for b in range(0, len(indices), RENDER_BATCH):
-            images = self.model.render(windows[b:b + RENDER_BATCH], c2w[b:b + RENDER_BATCH], self.config.size)
-            for j, rgb in enumerate(images, start=b):
-                i = indices[j]
-                start = i * FRAME_SAMPLES - self._audio_start
-                frames.append(StreamFrame(index=i, rgb=rgb, audio=self._audio[start:start + FRAME_SAMPLES].copy(),
-                                          landmarks=windows[j, HALF_WINDOW].copy()))
+        for j, rgb in enumerate(np.concatenate(list(parts))):
+            i = indices[j]
+            start = i * FRAME_SAMPLES - self._audio_start
+            frames.append(StreamFrame(index=i, rgb=rgb, audio=self._audio[start:start + FRAME_SAMPLES].copy(),
+                                      landmarks=windows[j, HALF_WINDOW].copy()))
         self._sent = stop
         self._trim()
         return frames

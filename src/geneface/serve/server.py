@@ -10,6 +10,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
+import torch
 import uvicorn
 
 from ..device import keep_freed_memory
@@ -67,6 +68,11 @@ def serve(config: ServeConfig) -> None:
     """Serve until Ctrl-C (`geneface serve`)."""
     sock = bind(config.host, config.port)
     keep_freed_memory()  # ~15 % less CPU per rendered frame (a long-running process can afford the memory)
+    # Work on the app's worker threads gets little from torch's intra-op threads (measured: 1.1-1.2 cores of 2
+    # for the renderer's small ops), so each live stream renders its frames on threads of its own
+    # (StreamConfig.threads), which do best with one intra-op thread each; train and evaluate jobs run in
+    # processes of their own and keep torch's default.
+    torch.set_num_threads(1)
     warning = exposure_warning(config)
     if warning is not None:
         log.warning(warning)
