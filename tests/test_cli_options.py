@@ -21,6 +21,7 @@ VALUES = ("0", "-1", "nan", "inf", "1e12")
 EXTRA = {
     "synth": ["--face", "{tmp}/missing.png"],  # no photo: never the bundled one, so nothing is synthesised
     "demo": ["--export", "{tmp}/export"],  # --export without --retrain: refused before any rendering
+    "serve": ["--host", "192.0.2.1"],  # another machine's address without --token: refused before listening
 }
 """Arguments that make a command with valid options stop at once (on a placeholder that does not exist)."""
 AS_FILE = {("corpus synth", "out")}
@@ -51,8 +52,9 @@ def _numeric_cases() -> list[tuple[str, str, str]]:
             if _is_numeric(action) for value in VALUES]
 
 
-def _placeholders(name: str, tmp: Path) -> list[str]:
-    """Required arguments of command ``name``, as paths that do not exist (or files where folders are needed)."""
+def _placeholders(name: str, tmp: Path, extra: bool = True) -> list[str]:
+    """Required arguments of command ``name``, as paths that do not exist (or files where folders are needed),
+    and (``extra``) its `EXTRA` arguments."""
     argv: list[str] = []
     for action in _options(name):
         if action.option_strings and not action.required:
@@ -62,7 +64,7 @@ def _placeholders(name: str, tmp: Path) -> list[str]:
             path = tmp / f"{action.dest}.file"
             path.write_text("not a folder")
         argv += ([action.option_strings[0]] if action.option_strings else []) + [str(path)]
-    return argv + [a.format(tmp=tmp) for a in EXTRA.get(name, [])]
+    return argv + ([a.format(tmp=tmp) for a in EXTRA.get(name, [])] if extra else [])
 
 
 def _outside(option: Option, base: type, text: str) -> bool:
@@ -121,7 +123,7 @@ def test_help_documents_every_option(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_cli_defaults_are_the_config_defaults(name, tmp_path):
     """Parsing only the required arguments builds the config dataclass's own defaults: one set of defaults."""
-    args = _subparser(build_parser(), name).parse_args(_placeholders(name, tmp_path))
+    args = _subparser(build_parser(), name).parse_args(_placeholders(name, tmp_path, extra=False))
     from geneface.cliopts import config_from_args
 
     keys = [k for k in vars(args) if k.startswith("_options_")]

@@ -19,7 +19,7 @@ LAYERS = [  # the ground floor is four: shared numbers and errors, files, media 
     {"process", "motion", "render", "synth"},  # the stages
     {"infer"},  # a person model: train_person, PersonModel
     {"evaluate", "corpus"},  # built on whole person models and on the stages
-    {"cli", "__init__"},  # the command line and the public API's lazy exports
+    {"cli", "serve", "__init__"},  # the command line, the web app and the public API's lazy exports
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -9,7 +9,7 @@ The public API (imported on first use, so ``import geneface`` stays light)::
 
 Also: `ProcessConfig` with `geneface.process.process` (video -> dataset), `MotionModel` (speech -> landmarks),
 `PersonRenderer` (poses + landmarks -> frames), `EvalConfig` with `geneface.evaluate.evaluate` (a person model's
-quality), `InferConfig`. (``process`` and ``evaluate`` are also the names of subpackages, so the functions are
+quality), `InferConfig`, `SpeechStream` with `StreamConfig` (audio chunks in, frames out, live). (``process`` and ``evaluate`` are also the names of subpackages, so the functions are
 imported from those: ``from geneface.process import process``.)
 """
 
@@ -27,6 +27,7 @@ _API = {
     "PersonModel": "geneface.infer.pipeline", "InferConfig": "geneface.infer.pipeline",
     "ProcessConfig": "geneface.process.pipeline", "MotionModel": "geneface.motion.model",
     "PersonRenderer": "geneface.render.renderer", "EvalConfig": "geneface.evaluate.report",
+    "SpeechStream": "geneface.infer.stream", "StreamConfig": "geneface.infer.stream",
 }
 __all__ = sorted(_API) + ["__version__"]
 

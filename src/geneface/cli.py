@@ -29,6 +29,7 @@ COMMANDS = [
     ("evaluate", "geneface.evaluate.cli", "measure a person model's quality and lip sync"),
     ("corpus prepare", "geneface.corpus.cli", "prepare a folder of many speakers' clips for motion pretraining"),
     ("corpus synth", "geneface.corpus.cli_synth", "make a synthetic many-speaker corpus of talking-head clips"),
+    ("serve", "geneface.serve.cli", "serve a local web app and API: speak, live, train, evaluate"),
 ]
 GROUP_HELP = {"train": "train models", "corpus": "work with multi-speaker corpora"}
 

@@ -37,6 +37,9 @@ class FeatureExtractor(ABC):
     """Feature kind name, one of ``FEATURE_KINDS``."""
     dim: int
     """Feature dimension D."""
+    context: int | None = None
+    """Samples either side of a row's centre that its features depend on (the analysis window's half); None
+    when a row depends on the whole clip. A kind with a context of at most ``HOP`` can stream (`frame_rows`)."""
 
     def __call__(self, audio: np.ndarray, num_frames: int | None = None) -> np.ndarray:
         """Features ``[2 * num_frames, dim]`` float32; ``num_frames`` defaults to ``ceil(N / 16000 * 25)``.
@@ -66,6 +69,22 @@ class FeatureExtractor(ABC):
         if feats.shape != (rows, self.dim):  # a bug in the subclass, not a user error
             raise RuntimeError(f"{type(self).__name__} returned {feats.shape}, expected {(rows, self.dim)}")
         return np.ascontiguousarray(feats, dtype=np.float32)
+
+    def frame_rows(self, audio: np.ndarray) -> np.ndarray:
+        """Features ``[2F, D]`` of F whole video frames inside a stream, equal to the whole clip's rows there.
+
+        ``audio`` ``[HOP + 2 * HOP * F]``: the ``HOP`` samples before the first frame (zeros before the clip's
+        start), then the frames' samples. Raises ``InputError`` for a kind that cannot stream (see `context`).
+        """
+        if self.context is None or self.context > HOP:
+            raise InputError(f"{self.kind!r} features need the whole utterance at once and cannot stream; "
+                             f"streaming needs a person trained with mel features")
+        frames = (audio.size - HOP) // (2 * HOP)
+        if audio.ndim != 1 or frames < 1 or audio.size != HOP + 2 * HOP * frames:
+            raise ValueError(f"frame_rows needs {HOP} + {2 * HOP} * F samples, got {audio.shape}")
+        # row 0 of this computation is centred HOP before the first frame and lacks audio before it: dropped
+        return np.ascontiguousarray(self._compute(audio.astype(np.float32, copy=False), 2 * frames + 1)[1:],
+                                    dtype=np.float32)
 
     @abstractmethod
     def _compute(self, audio: np.ndarray, rows: int) -> np.ndarray:

@@ -171,6 +171,7 @@ class MelExtractor(FeatureExtractor):
         self.f0_length = int(round(config.f0_win_ms * AUDIO_RATE / 1000))
         self.window = np.hanning(self.win_length + 2)[1:-1].astype(np.float32)  # no zero end points
         self.bank = mel_filterbank(config)  # [n_mels, n_fft/2+1]
+        self.context = max(self.win_length, self.f0_length) // 2
 
     def _compute(self, audio: np.ndarray, rows: int) -> np.ndarray:
         frames = _centred_frames(audio, rows, self.win_length)  # [R, 400] view

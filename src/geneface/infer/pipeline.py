@@ -127,11 +127,17 @@ class PersonModel:
         for start in tqdm(starts, desc="render", unit="batch", disable=not progress):
             idx = np.arange(start, min(start + config.batch, len(offsets)))
             windows = PersonRenderer.windows(landmarks, torch.from_numpy(idx))  # [B, 5, 68, 3]
-            rgb = self.renderer.render(torch.from_numpy(c2w[idx]).float(), windows).rgb
-            for j, frame in zip(idx, (rgb.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)):
+            for j, frame in zip(idx, self.render(windows, c2w[idx])):
                 if points is not None:
                     frame = np.hstack([frame, draw_landmarks(points[j], frame.shape[0])])
                 yield frame
+
+    def render(self, windows: np.ndarray | torch.Tensor, c2w: np.ndarray | torch.Tensor,
+               size: int | None = None) -> np.ndarray:
+        """RGB frames [B, S, S, 3] uint8 of landmark windows [B, 5, 68, 3] (`PersonRenderer.windows`) seen from
+        cameras c2w [B, 4, 4]; S is ``size`` (default: the person's `size`)."""
+        rgb = self.renderer.render(torch.as_tensor(c2w).float(), torch.as_tensor(windows).float(), size=size).rgb
+        return (rgb.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
 
     # --- all of it ------------------------------------------------------------------------------------
     def speak(self, audio: str | os.PathLike | np.ndarray, out: str | os.PathLike,

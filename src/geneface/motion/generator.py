@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -72,6 +73,16 @@ def coarse_pitch(f0: torch.Tensor, bins: int, fmin: float = 50.0, fmax: float = 
     return torch.where(f0 > 0, cls, torch.zeros_like(cls))
 
 
+def step_noise(seed: int, first: int, count: int, channels: int) -> torch.Tensor:
+    """Standard normal noise ``[channels, count]`` of latent steps ``first .. first + count``.
+
+    Step ``l``'s column is drawn from ``(seed, l)`` alone, so a window of a sequence gets the same noise as the
+    whole sequence has there (the stream samples windows; offline inference samples the whole clip).
+    """
+    cols = [np.random.default_rng([int(seed), step]).standard_normal(channels) for step in range(first, first + count)]
+    return torch.from_numpy(np.stack(cols, 1).astype(np.float32)) if cols else torch.zeros(channels, 0)
+
+
 class Audio2Motion(Savable, nn.Module):
     """The variational generator; see the module docstring. Offsets are ``[B, T, 68, 3]``."""
 
@@ -100,6 +111,14 @@ class Audio2Motion(Savable, nn.Module):
         self.register_buffer("feature_mean", torch.zeros(c.feature_dim))
         self.register_buffer("feature_std", torch.ones(c.feature_dim))
         self.register_buffer("motion_scale", torch.ones(()))
+
+    @property
+    def context_frames(self) -> int:
+        """Frames either side of a frame whose audio reaches it other than through the prior flow: the
+        condition's convolutions (2), the decoder's (``decoder_layers * (kernel - 1) / 2``) and one latent step.
+        The flow reaches further (``flow_blocks * flow_layers * (flow_kernel - 1) / 2`` latent steps), weakly."""
+        c = self.config
+        return 2 + c.decoder_layers * (c.kernel - 1) // 2 + c.stride
 
     def set_stats(self, feature_mean: torch.Tensor, feature_std: torch.Tensor, motion_scale: float) -> None:
         self.feature_mean.copy_(feature_mean)
@@ -188,12 +207,15 @@ class Audio2Motion(Savable, nn.Module):
     # --- inference -------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, features: torch.Tensor, pitch: torch.Tensor, mask: torch.Tensor | None = None,
-               temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Offsets ``[B, T, 68, 3]`` for features ``[B, 2T, D]`` and f0 ``[B, 2T]``; noise from ``generator``."""
-        return self.sample_with_grad(features, pitch, mask, temperature, generator)
+               temperature: float = 1.0, generator: torch.Generator | None = None,
+               noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Offsets ``[B, T, 68, 3]`` for features ``[B, 2T, D]`` and f0 ``[B, 2T]``; the prior noise is ``noise``
+        ``[B, latent, >= ceil(T / stride)]`` (see `step_noise`) when given, else drawn from ``generator``."""
+        return self.sample_with_grad(features, pitch, mask, temperature, generator, noise)
 
     def sample_with_grad(self, features: torch.Tensor, pitch: torch.Tensor, mask: torch.Tensor | None = None,
-                         temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+                         temperature: float = 1.0, generator: torch.Generator | None = None,
+                         noise: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`sample` without disabling gradients."""
         b, t = features.shape[0], features.shape[1] // 2
         features, pitch = features[:, : 2 * t], pitch[:, : 2 * t]
@@ -205,8 +227,11 @@ class Audio2Motion(Savable, nn.Module):
         g_d = self.cond_down(g)
         m_d = pmask[:, None, ::s]
         shape = (b, self.config.latent, g_d.shape[2])
-        noise = torch.randn(shape, generator=generator, device="cpu" if generator is None else generator.device)
-        e = noise.to(g_d.device) * temperature * m_d
+        if noise is None:
+            noise = torch.randn(shape, generator=generator, device="cpu" if generator is None else generator.device)
+        elif noise.shape[:2] != shape[:2] or noise.shape[2] < shape[2]:
+            raise ValueError(f"noise must have shape [{b}, {shape[1]}, >= {shape[2]}], got {list(noise.shape)}")
+        e = noise[..., :shape[2]].to(g_d.device) * temperature * m_d
         z = self.flow(e, m_d, g_d, reverse=True)
         pred = self.decode(z, g, pmask)[:, :t]
         return (pred * self.motion_scale).unflatten(2, (68, 3))

@@ -27,7 +27,7 @@ from ..engine import RunFolder, RunKind
 from ..features import extract_features, frames_for_audio
 from ..fileio import write_json
 from .data import pitch_from_audio, pitch_from_mel
-from .generator import Audio2Motion
+from .generator import Audio2Motion, step_noise
 from .postnet import Postnet
 from .syncnet import SyncNet, SyncScore
 
@@ -114,6 +114,21 @@ class MotionModel:
     def feature_dim(self) -> int:
         return self.generator.config.feature_dim
 
+    @property
+    def context_frames(self) -> int:
+        """Frames of audio either side of a frame that reach its offsets, but for the generator's prior flow's
+        weak long reach (`Audio2Motion.context_frames`, plus the postnet's convolutions)."""
+        frames = self.generator.context_frames
+        if self.postnet is not None:
+            c = self.postnet.config
+            frames += (len(c.channels) * (1 + c.residual_layers) + 1) * (c.kernel // 2)
+        return frames
+
+    @property
+    def stride(self) -> int:
+        """Video frames per latent step: a window of frames must start at a multiple of it (see `predict`)."""
+        return self.generator.config.stride
+
     # --- inference -------------------------------------------------------------------------------
     def check_features(self, features: np.ndarray) -> np.ndarray:
         features = np.asarray(features, dtype=np.float32)
@@ -144,21 +159,26 @@ class MotionModel:
 
     @torch.no_grad()
     def predict(self, features: np.ndarray, pitch: np.ndarray | None = None, temperature: float = 1.0,
-                seed: int = 0, postnet: bool = True) -> np.ndarray:
+                seed: int = 0, postnet: bool = True, first_frame: int = 0) -> np.ndarray:
         """Landmark offsets ``[T, 68, 3]`` for audio features ``[2T, D]`` (same seed, same result).
 
         ``pitch`` [2T] is f0 in Hz (0 unvoiced); it is read from ``mel`` features when not given.
         ``temperature`` scales the prior noise (0: the most likely motion, larger: livelier).
+        ``first_frame``: where the features start in a longer sequence (a multiple of `stride`), for a window
+        of it (the stream): each latent step draws its noise from the seed and its place (`step_noise`).
         """
         features = self.check_features(features)
+        if first_frame < 0 or first_frame % self.stride:
+            raise ValueError(f"first_frame must be a non-negative multiple of {self.stride}, got {first_frame}")
         t = features.shape[0] // 2
         features = features[: 2 * t]
         p = self._pitch(features, pitch)
         dev = self.device
         f = torch.from_numpy(features)[None].to(dev)
         pt = torch.from_numpy(np.ascontiguousarray(p))[None].to(dev)
-        gen = torch.Generator().manual_seed(int(seed))
-        out = self.generator.sample(f, pt, temperature=float(temperature), generator=gen)
+        steps = -(-t // self.stride)
+        noise = step_noise(seed, first_frame // self.stride, steps, self.generator.config.latent)[None]
+        out = self.generator.sample(f, pt, temperature=float(temperature), noise=noise)
         if postnet and self.postnet is not None:
             out = self.postnet(out)
         return out[0].float().cpu().numpy()

@@ -174,13 +174,14 @@ class HeadField(nn.Module):
         """x [N, 3] head space; cond [B, R, E] per frame; frame [N] long picks each point's frame ->
         sigma [N] (float32), geometry feature [N, G]."""
         f = self.encoding((x - self.lo) / (self.hi - self.lo) * 2 - 1)  # [N, D]
-        h = self.sigma_in(f)
-        idx = self.near_regions(x).nonzero()[:, 0]
+        h = self.sigma_in(f)  # [N, H], changed in place below (its autograd needs only f)
+        prior = self.region_prior(x)  # [N, R]
+        idx = (prior.amax(-1) > 0).nonzero()[:, 0]  # the points near a region (as `near_regions`)
         if idx.numel():
             gate = torch.sigmoid(self.region_gate(f[idx])).view(-1, self.num_regions, self.embed_dim)
-            gate = gate * self.region_prior(x[idx]).unsqueeze(-1).to(gate.dtype)
-            h = h.index_add(0, idx, self.cond_in((gate * cond[frame[idx]].to(gate.dtype)).flatten(1)).to(h.dtype))
-        h = self.sigma_net(torch.relu(h))
+            gate = gate * prior[idx].unsqueeze(-1).to(gate.dtype)
+            h.index_add_(0, idx, self.cond_in((gate * cond[frame[idx]].to(gate.dtype)).flatten(1)).to(h.dtype))
+        h = self.sigma_net(torch.relu_(h))
         return trunc_exp(h[:, 0] - 1.0), h[:, 1:]
 
     def color(self, geo: Tensor, code: Tensor) -> Tensor:

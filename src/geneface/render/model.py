@@ -16,6 +16,9 @@ from .occupancy import OccupancyGrid
 from .volume import distortion, image_rays, over, pixel_rays, ray_box, render_weights
 
 PARTS = ("full", "person", "head")
+HIDDEN = 1e-3
+"""Rendering frames skips the torso behind head pixels more opaque than ``1 - HIDDEN`` (a change of at most
+this much, in [0, 1] units)."""
 
 
 @dataclass
@@ -179,12 +182,13 @@ class RenderModel(Savable, nn.Module):
         """March rays o, d [N, 3] through the head box.
 
         cond [B, R, E] and code [B, A] per frame, ray_frame [N] picks a ray's frame. ``samples`` points per
-        ray, evenly spaced between the box entry and exit (jittered when ``perturb``). Two passes:
-        1. without gradients, densities at the points in occupied cells, marched in ``segments`` chunks
-           that stop once a ray's transmittance is below ``stop_transmittance``;
-        2. with gradients enabled: density and colour again at the points that were reached (in occupied
-           cells, before the ray stopped), and weights from them; without gradients: colour only where the
-           weight is at least ``min_weight``.
+        ray, evenly spaced between the box entry and exit (jittered when ``perturb``), marched in ``segments``
+        chunks: a ray stops once its transmittance is below ``stop_transmittance``, and only points in
+        occupied cells are sent to the network.
+        - with gradients enabled (training) or a ``target_depth``: two passes, densities without gradients to
+          find the points reached, then density and colour again with gradients at those points;
+        - without (inference): one pass, colour only where the weight is at least ``min_weight``, summed
+          straight into the rays segment by segment.
         Returns premultiplied ``rgb`` [N, 3], ``alpha`` [N] and ``depth`` [N] (expected z-depth, not
         normalised by alpha). ``visible`` (bool [res^3]), if given, gets the occupancy cells of the points
         seen with a transmittance above 1e-3 set. With ``target_depth`` [N] (NaN: none) also
@@ -208,65 +212,63 @@ class RenderModel(Savable, nn.Module):
         jitter = torch.rand(m, samples, device=dev) if perturb else 0.5
         t = near[:, None] + (k + jitter) * step[:, None]  # [M, S]
         lo, span = self.head.lo, self.head.hi - self.head.lo
-        occ = self.grid.query_normalised(((o - lo) / span * 2 - 1)[:, None] + t[..., None] * (d / span * 2)[:, None])
+        base, ahead = (o - lo) / span * 2 - 1, d / span * 2  # rays in the grid's [-1, 1] box: base + t * ahead
+        bounds = [round(samples * i / segments) for i in range(segments + 1)]
 
         def points(i: Tensor, j: Tensor) -> Tensor:
             return o[i] + t[i, j, None] * d[i]
 
-        # 1. densities without gradients, marching segment by segment
+        if not torch.is_grad_enabled() and target_depth is None:
+            ray_rgb, ray_alpha, ray_depth = self._march(base, ahead, t, delta, points, cond, code, fr, bounds,
+                                                        stop_transmittance, min_weight, visible)
+            return {"rgb": rgb.index_put((rays,), ray_rgb), "alpha": alpha.index_put((rays,), ray_alpha),
+                    "depth": depth.index_put((rays,), ray_depth)}
+
+        # 1. densities without gradients, marching segment by segment (the occupancy looked up only for the
+        # rays still marching)
         sigma0 = torch.zeros(m, samples, device=dev)
         reached = torch.zeros(m, samples, dtype=torch.bool, device=dev)
         trans = torch.ones(m, device=dev)
-        alive = torch.ones(m, dtype=torch.bool, device=dev)
-        geo_parts: list[tuple[Tensor, Tensor, Tensor]] = []  # kept for colour when not training
-        bounds = [round(samples * i / segments) for i in range(segments + 1)]
+        marching = torch.arange(m, device=dev)
         with torch.no_grad():
             for s0, s1 in zip(bounds[:-1], bounds[1:]):
-                seg = occ[:, s0:s1] & alive[:, None]
-                reached[:, s0:s1] = seg
-                idx = seg.nonzero()
+                a = marching
+                occ = self.grid.query_normalised(base[a, None] + t[a, s0:s1, None] * ahead[a, None])  # [A, s1 - s0]
+                idx = occ.nonzero()
                 if idx.numel():
-                    i, j = idx[:, 0], s0 + idx[:, 1]
+                    i, j = a[idx[:, 0]], s0 + idx[:, 1]
+                    reached[i, j] = True
                     with self._autocast():
-                        s, geo = self.head.density(points(i, j), cond, fr[i])
+                        s, _ = self.head.density(points(i, j), cond, fr[i])
                     sigma0[i, j] = s.float()
-                    if not torch.is_grad_enabled():
-                        geo_parts.append((i, j, geo))
-                trans = trans * torch.exp(-(sigma0[:, s0:s1] * delta[:, s0:s1]).sum(1))
-                alive = alive & (trans > stop_transmittance)
-                if not alive.any():
+                trans_a = trans[a] * torch.exp(-(sigma0[a, s0:s1] * delta[a, s0:s1]).sum(1))
+                trans[a] = trans_a
+                marching = a[trans_a > stop_transmittance]
+                if marching.numel() == 0:
                     break
 
         if visible is not None:
             tau = sigma0 * delta
+            occ = self.grid.query_normalised(base[:, None] + t[..., None] * ahead[:, None])  # [M, S]
             seen = occ & (torch.exp(-(torch.cumsum(tau, 1) - tau)) > 1e-3)
             i, j = seen.nonzero().unbind(1)
             cells, _ = self.grid.cell_index(points(i, j))
             visible[cells] = True
 
-        # 2. the network where it matters
+        # 2. density and colour with gradients where the rays reached
         color = torch.zeros(m, samples, 3, device=dev)
-        if torch.is_grad_enabled():
-            idx = reached.nonzero()
-            sigma = torch.zeros(m, samples, device=dev)
-            if idx.numel():
-                i, j = idx[:, 0], idx[:, 1]
-                with self._autocast():
-                    s, geo = self.head.density(points(i, j), cond, fr[i])
-                    c = self.head.color(geo, code[fr[i]])
-                sigma = sigma.index_put((i, j), s.float())
-                color = color.index_put((i, j), c.float())
-        else:
-            sigma = sigma0
-            heavy = render_weights(sigma0, delta) >= min_weight
-            for i, j, geo in geo_parts:
-                sel = heavy[i, j]
-                if sel.any():
-                    with self._autocast():
-                        c = self.head.color(geo[sel], code[fr[i[sel]]])
-                    color[i[sel], j[sel]] = c.float()
+        idx = reached.nonzero()
+        sigma = torch.zeros(m, samples, device=dev)
+        if idx.numel():
+            i, j = idx[:, 0], idx[:, 1]
+            with self._autocast():
+                s, geo = self.head.density(points(i, j), cond, fr[i])
+                c = self.head.color(geo, code[fr[i]])
+            sigma = sigma.index_put((i, j), s.float())
+            color = color.index_put((i, j), c.float())
         w = render_weights(sigma, delta)
-        rgb = rgb.index_put((rays,), (w[..., None] * color).sum(1))
+        ray_rgb = (w[..., None] * color).sum(1)
+        rgb = rgb.index_put((rays,), ray_rgb)
         alpha = alpha.index_put((rays,), w.sum(1))
         depth = depth.index_put((rays,), (w * t).sum(1))
         out = {"rgb": rgb, "alpha": alpha, "depth": depth}
@@ -279,6 +281,52 @@ class RenderModel(Savable, nn.Module):
             err = (w * (t - z.nan_to_num()[:, None]).abs()).sum(1)
             out["depth_error"] = torch.zeros(n, device=dev).index_put((rays,), torch.where(z.isnan(), 0.0, err))
         return out
+
+    def _march(self, base: Tensor, ahead: Tensor, t: Tensor, delta: Tensor, points, cond: Tensor, code: Tensor,
+               fr: Tensor, bounds: list[int], stop_transmittance: float, min_weight: float,
+               visible: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """`render_head` without gradients, in one pass over the segments of M rays (``base + t * ahead`` in
+        the grid's box; t, delta [M, S]): premultiplied rgb [M, 3], alpha [M] and depth [M]. A segment's
+        weights are ``T_start * exp(-sum of tau before the point in the segment) * (1 - exp(-tau))``, the same
+        as `render_weights` over the whole ray."""
+        m, dev = t.shape[0], t.device
+        rgb = torch.zeros(m, 3, device=dev)
+        alpha = torch.zeros(m, device=dev)
+        depth = torch.zeros(m, device=dev)
+        trans = torch.ones(m, device=dev)
+        marching = torch.arange(m, device=dev)
+        for s0, s1 in zip(bounds[:-1], bounds[1:]):
+            a = marching
+            occ = self.grid.query_normalised(base[a, None] + t[a, s0:s1, None] * ahead[a, None])  # [A, L]
+            idx = occ.nonzero()
+            if idx.numel() == 0:
+                continue
+            hit, r = torch.unique_consecutive(idx[:, 0], return_inverse=True)  # rows of a with points; row in hit
+            j = idx[:, 1]  # sample in the segment
+            a_hit = a[hit]
+            i = a_hit[r]
+            with self._autocast():
+                s, geo = self.head.density(points(i, s0 + j), cond, fr[i])
+            tau = torch.zeros(len(hit), s1 - s0, device=dev).index_put_((r, j), s.float()) * delta[a_hit, :1]
+            before = torch.exp(-(torch.cumsum(tau, 1) - tau)) * trans[a_hit, None]  # transmittance at each sample
+            w = before * -torch.expm1(-tau)  # [H, L]
+            if visible is not None:
+                seen = (occ[hit] & (before > 1e-3)).nonzero()
+                cells, _ = self.grid.cell_index(points(a_hit[seen[:, 0]], s0 + seen[:, 1]))
+                visible[cells] = True
+            wp = w[r, j]
+            sel = (wp >= min_weight).nonzero()[:, 0]
+            if sel.numel():
+                with self._autocast():
+                    c = self.head.color(geo[sel], code[fr[i[sel]]])
+                rgb.index_add_(0, i[sel], wp[sel, None] * c.float())
+            alpha[a_hit] += w.sum(1)
+            depth[a_hit] += (w * t[a_hit, s0:s1]).sum(1)
+            trans[a_hit] *= torch.exp(-tau.sum(1))
+            marching = a[trans[a] > stop_transmittance]
+            if marching.numel() == 0:
+                break
+        return rgb, alpha, depth
 
     @torch.no_grad()
     def update_occupancy(self, window: Tensor, decay: float = 0.9) -> float:
@@ -307,14 +355,16 @@ class RenderModel(Savable, nn.Module):
         return float(self.grid.occupied.float().mean())
 
     # --- torso -----------------------------------------------------------------------------------
-    def render_torso(self, u: Tensor, v: Tensor, size: int, pose: Tensor, ray_frame: Tensor, code: Tensor
-                     ) -> tuple[Tensor, Tensor]:
+    def render_torso(self, u: Tensor, v: Tensor, size: int, pose: Tensor, ray_frame: Tensor, code: Tensor,
+                     where: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Torso colour [N, 3] and alpha [N] at pixels u, v [N] of a ``size`` image; pose [B, 12] and
-        code [B, A] per frame. Alpha is 0 outside the torso's region."""
+        code [B, A] per frame. Alpha is 0 outside the torso's region and where ``where`` [N] (bool) is False."""
         uv = torch.stack([u, v], -1) / size * 2 - 1
         ri = (v / size * self.size).long().clamp(0, self.size - 1)
         ci = (u / size * self.size).long().clamp(0, self.size - 1)
         inside = self.torso_region[ri, ci]
+        if where is not None:
+            inside &= where
         rgb = torch.zeros(u.shape[0], 3, device=u.device)
         alpha = torch.zeros(u.shape[0], device=u.device)
         idx = inside.nonzero()[:, 0]
@@ -368,7 +418,9 @@ class RenderModel(Savable, nn.Module):
             v, u = torch.meshgrid(torch.arange(size, device=dev) + 0.5, torch.arange(size, device=dev) + 0.5,
                                   indexing="ij")
             u, v = u.reshape(-1).repeat(b), v.reshape(-1).repeat(b)
-            t_rgb, t_alpha = self.render_torso(u, v, size, self.pose_features(c2w), ray_frame, zero)
+            # not behind the opaque head (where the torso would change a pixel by less than HIDDEN)
+            t_rgb, t_alpha = self.render_torso(u, v, size, self.pose_features(c2w), ray_frame, zero,
+                                               where=h_alpha < 1 - HIDDEN)
             if parts == "full":
                 bg = self.background_at(size).reshape(-1, 3).repeat(b, 1)
                 rgb = over(h_rgb, h_alpha, over(t_rgb * t_alpha[:, None], t_alpha, bg))

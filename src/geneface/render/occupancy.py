@@ -46,7 +46,11 @@ class OccupancyGrid(nn.Module):
     def query_normalised(self, g: Tensor) -> Tensor:
         """`query` for points already mapped to the box's [-1, 1]^3: bool [...] (one nearest-neighbour
         `grid_sample`; the volume is indexed [z, y, x] as grid_sample expects)."""
-        volume = self.occupied.permute(2, 1, 0).to(g.dtype)[None, None]
+        key = (self.occupied.data_ptr(), self.occupied._version, g.dtype)
+        if getattr(self, "_volume_key", None) != key:  # kept until the grid changes (inference asks often)
+            self._volume = self.occupied.permute(2, 1, 0).to(g.dtype)[None, None].contiguous()
+            self._volume_key = key
+        volume = self._volume
         out = F.grid_sample(volume, g.reshape(1, -1, 1, 1, 3), mode="nearest", padding_mode="zeros",
                             align_corners=False)
         return out.view(g.shape[:-1]) > 0.5
@@ -56,7 +60,7 @@ class OccupancyGrid(nn.Module):
         """Pixels [B, size, size] (bool) whose rays may meet an occupied cell, for cameras c2w [B, 4, 4]
         and intrinsics K [3, 3] at ``size``: the occupied cells' centres projected and grown by the
         cells' projected size."""
-        x = self.cell_centres()[self.occupied.reshape(-1)]  # [C, 3]
+        x = self.occupied_centres()  # [C, 3]
         b = c2w.shape[0]
         mask = torch.zeros(b, size * size, device=x.device)
         if x.shape[0] == 0:
@@ -74,6 +78,14 @@ class OccupancyGrid(nn.Module):
         radius = int(math.ceil(0.5 * cell * float(K[0, 0]) / float(z[ok].min()))) + 1 if ok.any() else 1
         mask = F.max_pool2d(mask.view(b, 1, size, size), 2 * radius + 1, stride=1, padding=radius)
         return mask[:, 0] > 0
+
+    def occupied_centres(self) -> Tensor:
+        """Centres [C, 3] of the occupied cells, kept until the grid changes (inference asks every frame)."""
+        key = (self.occupied.data_ptr(), self.occupied._version)
+        if getattr(self, "_centres_key", None) != key:
+            self._centres = self.cell_centres()[self.occupied.reshape(-1)]
+            self._centres_key = key
+        return self._centres
 
     def cell_centres(self) -> Tensor:
         """Centres of all cells [res^3, 3] in flat-index order."""
