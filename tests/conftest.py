@@ -106,3 +106,15 @@ def chromium_paths() -> tuple[str, str]:
     if found is None:
         pytest.skip("chromium or chromedriver is not on PATH")
     return found
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): tiny
+    models train fastest on one, and spinning OpenMP barriers make two far slower on a shared 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

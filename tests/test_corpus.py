@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from geneface import media
 from geneface.cli import main
@@ -32,12 +31,7 @@ SPEAKERS, CLIPS, SECONDS = 3, 2, 1.6
 FRAMES = round(SECONDS * 25)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 needs_espeak = pytest.mark.espeak  # skipped where espeak-ng is absent (conftest.py)

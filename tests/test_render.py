@@ -28,13 +28,7 @@ PSNR_GAIN_DB = 12.0
 """Smallest lift of the validation PSNR over showing the background alone."""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, spinning OpenMP barriers make 2 threads far slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def tiny_config(**kw) -> RenderTrainConfig:

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -79,12 +80,7 @@ if marker and os.environ.get("RANK") == "1":
 """
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -153,17 +149,10 @@ def ray_cluster(hooks, tmp_path_factory):
     ray = pytest.importorskip("ray")
     rules = tmp_path_factory.mktemp("kill") / "rules"
     rules.write_text("")
-    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "GENEFACE_TEST_KILL")}
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(hooks), os.environ.get("PYTHONPATH", "")])
-    os.environ["GENEFACE_TEST_KILL"] = str(rules)  # the cluster's processes inherit the environment at its start
-    try:
+    env = {"PYTHONPATH": os.pathsep.join([str(hooks), os.environ.get("PYTHONPATH", "")]),
+           "GENEFACE_TEST_KILL": str(rules)}  # the cluster's processes inherit the environment at its start
+    with mock.patch.dict(os.environ, env):
         ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     try:
         yield rules
     finally:
