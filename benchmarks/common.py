@@ -216,6 +216,24 @@ class Cache:
 
 # --- timing --------------------------------------------------------------------------------------------
 
+def synth_corpus(cache: "Cache", args: argparse.Namespace, workers: int) -> tuple[Path, dict]:
+    """The synthetic many-speaker corpus of ``args.speakers`` x ``args.clips`` clips of ``args.seconds`` s at
+    ``args.size`` px (seed 0), made once per cache key: (its clips folder, {"seconds": time to make it})."""
+    from geneface.synth.corpus import make_corpus
+
+    print(f"== synthetic corpus ({args.speakers} speakers x {args.clips} clips x {args.seconds:g} s, {args.size} px)",
+          flush=True)
+
+    def make(folder: Path) -> dict:
+        start = time.perf_counter()
+        make_corpus(folder / "clips", speakers=args.speakers, clips_per_speaker=args.clips, seconds=args.seconds,
+                    size=args.size, seed=0, workers=workers)
+        return {"seconds": round(time.perf_counter() - start, 1)}
+
+    folder, made = cache.step("corpus_clips", make)
+    return folder / "clips", made
+
+
 def time_calls(fn: Callable[[], Any], repeats: int) -> dict:
     """Seconds of ``repeats`` calls: mean (the figure to quote), min and max."""
     times = []

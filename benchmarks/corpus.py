@@ -201,24 +201,14 @@ def main() -> None:
 
     from geneface.motion import MotionModel, mouth_opening
     from geneface.motion.train import MotionTrainConfig, PostnetTrainConfig, train_motion, train_postnet
-    from geneface.synth.corpus import make_corpus, speaker_style
+    from geneface.synth.corpus import speaker_style
 
     torch.set_num_threads(args.threads)
     machine = common.machine_info()
     cache = common.Cache(args)
     work = Path(args.work)
 
-    print(f"== synthetic corpus ({args.speakers} speakers x {args.clips} clips x {args.seconds:g} s, {args.size} px)",
-          flush=True)
-
-    def synth_corpus(folder: Path) -> dict:
-        start = time.perf_counter()
-        make_corpus(folder / "clips", speakers=args.speakers, clips_per_speaker=args.clips, seconds=args.seconds,
-                    size=args.size, seed=0, workers=args.workers)
-        return {"seconds": round(time.perf_counter() - start, 1)}
-
-    corpus_dir, synth = cache.step("corpus_clips", synth_corpus)
-    clips = corpus_dir / "clips"
+    clips, synth = common.synth_corpus(cache, args, workers=args.workers)
 
     print("== 1. preparation speed (timed, from scratch)", flush=True)
     prepare = []

@@ -33,7 +33,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import common
@@ -182,22 +181,10 @@ def main() -> None:
     if args.quick:
         args.speakers, args.clips, args.seconds = 2, 2, 1.6
 
-    from geneface.synth.corpus import make_corpus
-
     machine = common.machine_info()
     cache = common.Cache(args)
     work = Path(args.work)
-    print(f"== synthetic corpus ({args.speakers} speakers x {args.clips} clips x {args.seconds:g} s, {args.size} px)",
-          flush=True)
-
-    def synth_corpus(folder: Path) -> dict:
-        start = time.perf_counter()
-        make_corpus(folder / "clips", speakers=args.speakers, clips_per_speaker=args.clips, seconds=args.seconds,
-                    size=args.size, seed=0, workers=2)
-        return {"seconds": round(time.perf_counter() - start, 1)}
-
-    corpus_dir, synth = cache.step("corpus_clips", synth_corpus)
-    clips = corpus_dir / "clips"
+    clips, synth = common.synth_corpus(cache, args, workers=2)
 
     print("== preparation, each from scratch in a fresh process", flush=True)
     runs = {"local_1": run_engine("local", clips, work / "prepared_local_1", 1),
