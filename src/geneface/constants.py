@@ -25,6 +25,8 @@ EYES_68 = np.arange(36, 48)
 """Both eyes: right 36-41, left 42-47."""
 MOUTH_68 = np.arange(48, 68)
 """The 20 mouth points: outer lips 48-59, inner lips 60-67."""
+MOUTH_SLICE = slice(48, 68)
+"""`MOUTH_68` as a slice: indexing a tensor with it sends no index array to the tensor's device."""
 EYE_UPPER_68 = np.array([37, 38, 43, 44])
 """Upper-lid points, each facing the lower-lid point at the same position of `EYE_LOWER_68`."""
 EYE_LOWER_68 = np.array([41, 40, 47, 46])

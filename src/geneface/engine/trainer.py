@@ -33,19 +33,24 @@ class Callback:
     seconds: float = 0.0
     _last: float = field(default_factory=time.perf_counter)
 
+    def due(self, step: int) -> bool:
+        return bool((self.every and step % self.every == 0) or
+                    (self.seconds and time.perf_counter() - self._last >= self.seconds))
+
     def maybe(self, step: int) -> None:
-        now = time.perf_counter()
-        if (self.every and step % self.every == 0) or (self.seconds and now - self._last >= self.seconds):
-            self._last = now
+        if self.due(step):
+            self._last = time.perf_counter()
             self.fn(step)
 
 
 class Trainer:
     """Runs steps for a model that owns its losses.
 
-    Each `fit` call runs one stage (SyncNet, generator, head, ...): the losses are averaged over the ranks and
-    checked every step (a non-finite one raises `TrainingError` and keeps the last good checkpoint), their
-    means are logged every ``log_every`` steps to ``RUN/train_log.jsonl`` (and TensorBoard scalars when asked
+    Each `fit` call runs one stage (SyncNet, generator, head, ...). The losses stay on the device until the
+    end of each ``log_every`` steps and before every checkpoint, so a GPU never waits for the host between
+    steps; then they are averaged over the ranks in one exchange and checked step by step (a non-finite one
+    raises `TrainingError` naming its step, and the last good checkpoint, saved only after a check, is kept).
+    Their means are logged every ``log_every`` steps to ``RUN/train_log.jsonl`` (and TensorBoard scalars when asked
     for and installed), callbacks run, and ``checkpoint(step)`` is called every ``save_every`` steps or
     ``save_seconds``, at the end, and when the user interrupts (Ctrl-C).
     """
@@ -83,30 +88,46 @@ class Trainer:
         bar = tqdm(total=total - base, initial=start - base, desc=stage, unit="step", disable=not self.progress,
                    dynamic_ncols=True, leave=True)
         saves = [Callback(checkpoint, every=save_every, seconds=save_seconds)] if checkpoint is not None else []
-        sums: dict[str, float] = {}
-        count = 0
+        pending: list[dict[str, torch.Tensor]] = []  # losses of the steps not yet checked, on the device
+        checked: list[dict[str, float]] = []  # losses of the log interval's steps checked so far
         mean: dict[str, float] = {}
         done = start
+
+        def check() -> None:
+            if pending:
+                t0 = time.perf_counter()
+                checked.extend(self._check(pending, stage, done - len(pending)))
+                self.train_seconds += time.perf_counter() - t0
+                pending.clear()
+
         try:
             for i in range(start, total):
                 t0 = time.perf_counter()
-                values = self._reduce(step_fn(i))
+                losses = step_fn(i)
                 self.train_seconds += time.perf_counter() - t0
-                self._check_finite(values, stage, i)
+                if pending and losses.keys() != pending[0].keys():  # the stage's losses changed
+                    check()
+                pending.append({k: v.detach() for k, v in losses.items()})
                 done = i + 1
-                for k, v in values.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                count += 1
                 bar.update(1)
+                due = [cb for cb in saves if cb.due(done)]
+                if due:
+                    check()
                 if done % self.log_every == 0 or done == total:
-                    mean = {k: v / count for k, v in sums.items()}
+                    check()
+                    keys = checked[-1].keys()  # those of the latest steps, when they changed in the interval
+                    rows = [r for r in checked if r.keys() == keys]
+                    mean = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
+                    checked.clear()
                     self._log(stage, done, mean)
-                    sums, count = {}, 0
                     bar.set_postfix_str(status(mean) if status else
                                         ", ".join(f"{k} {v:.4g}" for k, v in mean.items()), refresh=False)
-                for cb in (*callbacks, *saves):
+                for cb in callbacks:
+                    cb.maybe(done)
+                for cb in due:
                     cb.maybe(done)
         except KeyboardInterrupt:
+            check()  # never save weights that diverged
             if checkpoint is not None and done > start:
                 checkpoint(done)
             raise
@@ -130,22 +151,24 @@ class Trainer:
             self.writer = None
 
     # --- internals --------------------------------------------------------------------------------------
-    def _reduce(self, losses: dict[str, torch.Tensor]) -> dict[str, float]:
-        keys = list(losses)
+    def _check(self, steps: list[dict[str, torch.Tensor]], stage: str, first: int) -> list[dict[str, float]]:
+        """The losses of consecutive steps (``first`` is the number of steps done before them), averaged over
+        the ranks in one exchange, as floats; `TrainingError` at the first step with a non-finite one."""
+        keys = list(steps[0])
         if not keys:
-            return {}
-        values = self.dist.mean(torch.stack([losses[k].detach().float().reshape(()) for k in keys]))
-        return dict(zip(keys, values.tolist()))
-
-    def _check_finite(self, values: dict[str, float], stage: str, i: int) -> None:
-        bad = [k.replace("_", " ") for k, v in values.items() if not math.isfinite(v)]
-        if bad:
-            saved = self.run.last_checkpoint()
-            kept = (f"; the last good checkpoint ({saved}) is kept in {self.run.state_dir}" if saved else
-                    "; no checkpoint was saved yet")
-            hint = self.lr_hint[:1].upper() + self.lr_hint[1:]
-            raise TrainingError(f"{stage} training diverged at step {i + 1}: {', '.join(bad)} not finite{kept}. "
-                                f"{hint} and rerun to resume")
+            return [{} for _ in steps]
+        table = torch.stack([torch.stack([s[k].float().reshape(()) for k in keys]) for s in steps])  # [n, K]
+        rows = [dict(zip(keys, r)) for r in self.dist.mean(table).tolist()]
+        for n, values in enumerate(rows):
+            bad = [k.replace("_", " ") for k, v in values.items() if not math.isfinite(v)]
+            if bad:
+                saved = self.run.last_checkpoint()
+                kept = (f"; the last good checkpoint ({saved}) is kept in {self.run.state_dir}" if saved else
+                        "; no checkpoint was saved yet")
+                hint = self.lr_hint[:1].upper() + self.lr_hint[1:]
+                raise TrainingError(f"{stage} training diverged at step {first + n + 1}: {', '.join(bad)} not "
+                                    f"finite{kept}. {hint} and rerun to resume")
+        return rows
 
     def _log(self, stage: str, step: int, values: dict[str, float]) -> None:
         if not self.dist.main:

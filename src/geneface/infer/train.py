@@ -27,6 +27,7 @@ from ..motion.train import MotionTrainConfig, PostnetTrainConfig, train_motion, 
 from ..process.pipeline import ProcessConfig, check_source, process
 from ..render.model import ModelConfig
 from ..render.renderer import RUN_KIND as RENDER_RUN
+from ..render.renderer import legacy_precision
 from ..render.train import RenderTrainConfig, resolve_config, train_render
 from ..weights import config_to_dict
 from .person import Person
@@ -145,6 +146,8 @@ def _keep(run: RunFolder, wanted: dict, force: bool, command: str) -> bool:
     of its config.json); a finished or interrupted run made otherwise is an error, or removed with ``force``."""
     if run.finished:
         made = run.read_config()
+        if isinstance(made.get("train"), dict):
+            made["train"] = legacy_precision(made["train"])
         diff = differing_settings({k: made.get(k) for k in wanted}, wanted, IGNORED)
         if not diff:
             log.info(f"== {run.root} is already trained; skipping `geneface {command}`")

@@ -11,7 +11,8 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -67,8 +68,15 @@ class MotionBatch:
     mask: torch.Tensor
     """``[B, W]`` 1 on valid frames"""
 
-    def to(self, device: torch.device | str) -> "MotionBatch":
-        return MotionBatch(*(t.to(device) for t in (self.features, self.pitch, self.offsets, self.mask)))
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "MotionBatch":
+        return MotionBatch(*(t.to(device, non_blocking=non_blocking) for t in self._tensors()))
+
+    def pinned(self) -> "MotionBatch":
+        """The batch in page-locked memory (a CUDA copy from it can overlap with the GPU's work)."""
+        return MotionBatch(*(t.pin_memory() for t in self._tensors()))
+
+    def _tensors(self) -> tuple[torch.Tensor, ...]:
+        return self.features, self.pitch, self.offsets, self.mask
 
 
 class WindowSource(Protocol):
@@ -271,6 +279,20 @@ class WindowSampler:
         self.batch_size = batch_size
         self.rng = np.random.default_rng(seed)
         self.augment = augment
+
+    def batches(self, device: torch.device) -> Iterator[MotionBatch]:
+        """Endless batches on ``device``. On CUDA the next batch is drawn on a thread while the GPU works on
+        this one, into pinned memory, and copied without blocking; elsewhere they are drawn one at a time (a
+        thread would only compete with the training for the CPU). The order is `next`'s either way."""
+        if device.type != "cuda":
+            while True:
+                yield self.next().to(device)
+        with ThreadPoolExecutor(1, thread_name_prefix="batches") as pool:
+            ahead = pool.submit(lambda: self.next().pinned())
+            while True:
+                batch = ahead.result()
+                ahead = pool.submit(lambda: self.next().pinned())
+                yield batch.to(device, non_blocking=True)
 
     def next(self) -> MotionBatch:
         items = [self.source.sample(self.rng, self.window) for _ in range(self.batch_size)]

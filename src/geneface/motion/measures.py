@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from ..constants import MOUTH_68
+from ..constants import MOUTH_68, MOUTH_SLICE
 from .data import MotionClip, WindowSource, mouth_opening
 from .model import MotionModel
 from .syncnet import AUDIO_WINDOW, MOUTH_WINDOW, SyncNet
@@ -55,7 +55,7 @@ def syncnet_auc(syncnet: SyncNet, clips: list[MotionClip], seed: int = 0, max_wi
         other = np.where((other < 0) | (other >= n), idx - shift, other)
         ok = (other >= 0) & (other < n)
         feats = torch.from_numpy(clip.features).to(dev)
-        mouth = torch.from_numpy(clip.offsets).to(dev)[:, MOUTH_68]
+        mouth = torch.from_numpy(clip.offsets).to(dev)[:, MOUTH_SLICE]
         m_idx = torch.from_numpy(idx)[:, None].to(dev) + torch.arange(MOUTH_WINDOW, device=dev)
         a_pos = 2 * torch.from_numpy(idx)[:, None].to(dev) + torch.arange(AUDIO_WINDOW, device=dev)
         a_neg = 2 * torch.from_numpy(other[ok])[:, None].to(dev) + torch.arange(AUDIO_WINDOW, device=dev)

@@ -88,7 +88,7 @@ class Postnet(Savable, nn.Module):
         refined = self(raw, mask)
         m = (mask if target_mask is None else target_mask)[..., None, None]
         mse = (((refined - target) / self.motion_scale * m) ** 2).sum() / (m.sum().clamp(min=1) * MOTION_DIM)
-        adv = ((1 - discriminator(refined, mask)) ** 2).mean()
+        adv = masked_mean((1 - discriminator(refined)) ** 2, mask)
         out = {"mse": mse, "adv": adv}
         total = c.lambda_mse * mse + c.lambda_adv * adv
         if syncnet is not None:
@@ -115,18 +115,22 @@ class Discriminator(Savable, nn.Module):
         self.mlp = nn.Sequential(*layers)
         self.register_buffer("motion_scale", torch.ones(()))
 
-    def forward(self, offsets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Scores ``[N]`` of the valid frames."""
-        x = offsets.flatten(2)[mask > 0] / self.motion_scale
-        return self.mlp(x).squeeze(-1)
+    def forward(self, offsets: torch.Tensor) -> torch.Tensor:
+        """Scores ``[B, T]`` of every frame of ``offsets`` ``[B, T, 68, 3]`` (the losses weigh the valid ones: no
+        boolean indexing, whose size the host would have to wait for)."""
+        return self.mlp(offsets.flatten(2) / self.motion_scale).squeeze(-1)
 
     def loss(self, real: torch.Tensor, fake: torch.Tensor, real_mask: torch.Tensor,
              fake_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Least-squares GAN loss on real and (detached) fake offsets ``[B, T, 68, 3]`` with masks ``[B, T]``."""
         fake_mask = real_mask if fake_mask is None else fake_mask
-        scores = self(torch.cat([real, fake.detach()]), torch.cat([real_mask, fake_mask]))  # one forward (DDP)
-        valid = int(real_mask.sum().item())
-        p_real, p_fake = scores[:valid], scores[valid:]
-        real_loss = ((p_real - 1) ** 2).mean()
-        fake_loss = (p_fake ** 2).mean()
+        scores = self(torch.cat([real, fake.detach()]))  # one forward (DDP)
+        b = real.shape[0]
+        real_loss = masked_mean((scores[:b] - 1) ** 2, real_mask)
+        fake_loss = masked_mean(scores[b:] ** 2, fake_mask)
         return {"disc_real": real_loss, "disc_fake": fake_loss, "total": real_loss + fake_loss}
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` [B, T] over the frames where ``mask`` [B, T] is set."""
+    return (values * mask).sum() / mask.sum().clamp(min=1)

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..engine.saveload import Savable
-from ..constants import MOUTH_68
+from ..constants import MOUTH_SLICE
 from .layers import ConvBlock
 
 AUDIO_WINDOW = 10
@@ -127,28 +127,29 @@ class SyncNet(Savable, nn.Module):
         """
         dev = features.device
         b = features.shape[0]
-        mouth = offsets[:, :, MOUTH_68] if offsets.shape[2] == 68 else offsets
+        mouth = offsets[:, :, MOUTH_SLICE] if offsets.shape[2] == 68 else offsets
         lengths = mask.sum(1).long().clamp(min=MOUTH_WINDOW)  # [B]
-        r = lambda *shape: torch.rand(*shape, generator=generator, device="cpu").to(dev)  # noqa: E731
-        clip = (r(count) * b).long().clamp(max=b - 1)
+        # every uniform number of the pairs in one draw, on the generator's device (a CUDA generator: no copy)
+        u = iter(torch.rand(3 if positives_only else 8, count, generator=generator, device=generator.device).to(dev))
+        clip = (next(u) * b).long().clamp(max=b - 1)
         starts_max = lengths[clip] - MOUTH_WINDOW  # inclusive
-        start = (r(count) * (starts_max + 1)).long().clamp(max=starts_max)
-        kind = r(count)
+        start = (next(u) * (starts_max + 1)).long().clamp(max=starts_max)
+        kind = next(u)
         label = torch.ones(count, device=dev) if positives_only else (kind < 0.5).float()
         a_clip, a_start = clip.clone(), start.clone()
         if not positives_only:
             s = self.config.max_shift
-            shift = 2 + (r(count) * (s - 1)).long().clamp(max=s - 2)  # 2..s frames
+            shift = 2 + (next(u) * (s - 1)).long().clamp(max=s - 2)  # 2..s frames
             room_right, room_left = starts_max - start, start
-            right = r(count) < 0.5
+            right = next(u) < 0.5
             right = torch.where(room_left < 2, torch.ones_like(right), right)
             right = torch.where(room_right < 2, torch.zeros_like(right), right)
             size = torch.minimum(shift, torch.where(right, room_right, room_left))
             shifted = start + torch.where(right, size, -size)
-            elsewhere = (r(count) * (starts_max + 1)).long().clamp(max=starts_max)
+            elsewhere = (next(u) * (starts_max + 1)).long().clamp(max=starts_max)
             elsewhere = torch.where((elsewhere - start).abs() < 2, shifted, elsewhere)
-            other = (clip + 1 + (r(count) * (b - 1)).long()) % b if b > 1 else clip
-            other_start = (r(count) * (lengths[other] - MOUTH_WINDOW + 1)).long().clamp(
+            other = (clip + 1 + (next(u) * (b - 1)).long()) % b if b > 1 else clip
+            other_start = (next(u) * (lengths[other] - MOUTH_WINDOW + 1)).long().clamp(
                 max=lengths[other] - MOUTH_WINDOW)
             neg_shift = (kind >= 0.5) & (kind < 0.75)
             neg_else = (kind >= 0.75) & (kind < 0.875)
@@ -191,7 +192,7 @@ class SyncNet(Savable, nn.Module):
         lm = torch.as_tensor(np.asarray(landmarks), dtype=torch.float32, device=dev)
         if lm.ndim != 3 or lm.shape[1] not in (68, self.config.mouth_points) or lm.shape[2] != 3:
             raise ValueError(f"landmarks must be [T, 68, 3] or [T, 20, 3], got {tuple(lm.shape)}")
-        mouth = lm[:, MOUTH_68] if lm.shape[1] == 68 else lm
+        mouth = lm[:, MOUTH_SLICE] if lm.shape[1] == 68 else lm
         t = min(mouth.shape[0], feats.shape[0] // 2)
         n = t - MOUTH_WINDOW + 1
         if n < 1:

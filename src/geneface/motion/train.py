@@ -245,20 +245,21 @@ def train_motion(data: Sequence[str | os.PathLike], out: str | os.PathLike, *, i
                           memory_hint="use a smaller --batch-size or --window")
         seed = _seed(cfg, dist, step)
         augment = VoiceAugment() if cfg.augment and run_kind == "mel" else None
-        rng = torch.Generator().manual_seed(seed)
+        rng = torch.Generator(device=dist.device).manual_seed(seed)  # the model's random draws, on its device
         torch.manual_seed(seed)
 
         # 4. SyncNet, then the decision on its loss
         if stage == "syncnet":
             sampler = WindowSampler(sync_source, cfg.window, cfg.batch_size, seed=cfg.seed * 1000 + seed - cfg.seed,
                                     augment=augment)
+            batches = sampler.batches(dist.device)
             syncnet.train()
             s_loss = dist.wrap(LossCall(syncnet, "loss"))
             s_params = list(syncnet.parameters())
 
             def syncnet_step(i: int) -> dict[str, torch.Tensor]:
                 _set_lr(s_opt, _cosine(i, cfg.syncnet_steps, cfg.syncnet_lr, floor=0.05))
-                b = sampler.next().to(dist.device)
+                b = next(batches)
                 audio, mouth, label = syncnet.sample_pairs(b.features, b.offsets, b.mask, cfg.syncnet_pairs, rng)
                 return _optimize(s_loss(audio, mouth, label), s_params, s_opt, cfg.clip_grad)
 
@@ -274,6 +275,7 @@ def train_motion(data: Sequence[str | os.PathLike], out: str | os.PathLike, *, i
         if stage == "generator":
             sampler = WindowSampler(d.source, cfg.window, cfg.batch_size, seed=cfg.seed * 1000 + seed - cfg.seed,
                                     augment=augment)
+            batches = sampler.batches(dist.device)
             generator.train()
             g_loss = dist.wrap(LossCall(generator, "loss"))
             g_params = list(generator.parameters())
@@ -281,7 +283,7 @@ def train_motion(data: Sequence[str | os.PathLike], out: str | os.PathLike, *, i
 
             def generator_step(i: int) -> dict[str, torch.Tensor]:
                 _set_lr(g_opt, _cosine(i, cfg.steps, cfg.lr, warmup=min(cfg.warmup, cfg.steps // 10)))
-                b = sampler.next().to(dist.device)
+                b = next(batches)
                 use_sync = syncnet if (sync["enabled"] and i >= sync_from) else None
                 losses = g_loss(b.features, b.pitch, b.offsets, b.mask, syncnet=use_sync, generator=rng)
                 return _optimize(losses, g_params, g_opt, cfg.clip_grad)
@@ -395,17 +397,19 @@ def train_postnet(person: str | os.PathLike, init: str | os.PathLike, out: str |
         person_sampler = WindowSampler(person_src, cfg.window, half, seed=seed)
         audio_sampler = (WindowSampler(audio_src, cfg.window, cfg.batch_size - half, seed=seed + 1)
                          if audio_src is not None else None)
-        rng = torch.Generator().manual_seed(seed)
+        rng = torch.Generator(device=dist.device).manual_seed(seed)
         torch.manual_seed(seed)
+        person_batches = person_sampler.batches(dist.device)
+        audio_batches = audio_sampler.batches(dist.device) if audio_sampler is not None else None
         p_loss = dist.wrap(LossCall(postnet, "loss"))
         d_loss = dist.wrap(LossCall(disc, "loss"))
         p_params, d_params = list(postnet.parameters()), list(disc.parameters())
 
         def postnet_step(i: int) -> dict[str, torch.Tensor]:
-            b = person_sampler.next().to(dist.device)
+            b = next(person_batches)
             feats, pitch, mask, target_mask = b.features, b.pitch, b.mask, b.mask
-            if audio_sampler is not None:  # other speakers' audio: adversarial and sync terms only
-                e = audio_sampler.next().to(dist.device)
+            if audio_batches is not None:  # other speakers' audio: adversarial and sync terms only
+                e = next(audio_batches)
                 feats, pitch = torch.cat([feats, e.features]), torch.cat([pitch, e.pitch])
                 mask = torch.cat([mask, e.mask])
                 target_mask = torch.cat([target_mask, torch.zeros_like(e.mask)])

@@ -14,7 +14,6 @@ from torch import Tensor, nn
 
 # the coordinate pairs of the three planes: xy, xz, yz
 PLANE_AXES = ((0, 1), (0, 2), (1, 2))
-_PAIRS = [a for axes in PLANE_AXES for a in axes]
 
 
 class TriPlaneEncoding(nn.Module):
@@ -41,7 +40,7 @@ class TriPlaneEncoding(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``x [N, 3]`` -> ``[N, out_dim]``."""
         n = x.shape[0]
-        grid = x[:, _PAIRS].view(n, 3, 2).transpose(0, 1).unsqueeze(1)  # [3, 1, N, 2]
+        grid = torch.stack((x[:, :2], x[:, ::2], x[:, 1:]))[:, None]  # [3, 1, N, 2]: the PLANE_AXES by slicing
         grid = grid.to(self.planes[0].dtype)
         feats = [F.grid_sample(planes, grid, mode="bilinear", padding_mode="border", align_corners=True)
                  .view(-1, n) for planes in self.planes]  # [3 * C, N] each

@@ -3,13 +3,13 @@ ray marcher, the full-frame renderer and the training losses of both phases."""
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..device import autocast
 from ..engine.saveload import Savable
 from .fields import HeadField, LandmarkCondition, TorsoField
 from .occupancy import OccupancyGrid
@@ -148,12 +148,10 @@ class RenderModel(Savable, nn.Module):
         self.register_buffer("torso_region", torch.ones(self.size, self.size, dtype=torch.bool))
         self.register_buffer("pose_mean", torch.zeros(12))
         self.register_buffer("pose_std", torch.ones(12))
-        self.amp_dtype: torch.dtype | None = None  # the fields run under autocast with this dtype (CUDA)
+        self.amp_dtype: torch.dtype | None = None  # the fields run under autocast with this dtype (None: fp32)
 
     def _autocast(self):
-        if self.amp_dtype is None or self.K.device.type != "cuda":
-            return nullcontext()
-        return torch.autocast("cuda", dtype=self.amp_dtype)
+        return autocast(self.K.device, self.amp_dtype)
 
     # --- person data ------------------------------------------------------------------------------
     def set_person(self, background: Tensor, torso_region: Tensor, c2w: Tensor, offsets: Tensor) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..device import resolve_device
+from ..device import amp_dtype, resolve_device
 from ..engine import RunFolder, RunKind
 from ..errors import InputError
 from .fields import WINDOW
@@ -35,9 +35,10 @@ class PersonRenderer:
     the condition as in training.
     """
 
-    def __init__(self, model: RenderModel) -> None:
+    def __init__(self, model: RenderModel, precision: str = "auto") -> None:
         self.model = model.eval().requires_grad_(False)
         self.device = model.K.device
+        self.model.amp_dtype = amp_dtype(self.device, precision)  # `geneface.device.PRECISIONS`
 
     @property
     def size(self) -> int:
@@ -51,12 +52,13 @@ class PersonRenderer:
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> "PersonRenderer":
-        """Load a finished run of `geneface train render` onto ``device`` (cpu, cuda, mps or auto)."""
+        """Load a finished run of `geneface train render` onto ``device`` (cpu, cuda, mps or auto); it renders
+        at the precision it was trained with."""
         run = RunFolder(run_dir, RUN_KIND)
         dev = device if isinstance(device, torch.device) else resolve_device(device)
         config = run.read_config()
         model = RenderModel.from_config_record(config, str(run.root / "config.json")).load(run.root / "model.safetensors")
-        return cls(model.to(dev))
+        return cls(model.to(dev), legacy_precision(config.get("train") or {}).get("precision", "auto"))
 
     def save(self, run_dir: str | os.PathLike, **info) -> None:
         """Write the folder `load` reads: the weights, then ``config.json`` (last) with the model's configs and
@@ -99,10 +101,18 @@ class PersonRenderer:
             raise InputError(f"size must be between 8 and 4096, got {size}")
         if not (torch.isfinite(c2w).all() and torch.isfinite(landmarks).all()):
             raise InputError("poses or landmarks contain NaN or infinity")
-        # 2. render (the fields in half precision on CUDA)
-        self.model.amp_dtype = torch.float16 if self.device.type == "cuda" else None
+        # 2. render (the fields at the precision the model was trained and validated at)
         return self.model.render_images(c2w.to(self.device, torch.float32), landmarks.to(self.device, torch.float32),
                                         size=size, parts=parts, chunk=chunk)
+
+
+def legacy_precision(train: dict) -> dict:
+    """Training settings with the ``precision`` of runs saved before it replaced ``amp`` (True: auto)."""
+    if "amp" not in train:
+        return train
+    train = dict(train)
+    train.setdefault("precision", "auto" if train.pop("amp") else "fp32")
+    return train
 
 
 def write_run(model: RenderModel, run_dir: str | os.PathLike, **info) -> None:

@@ -20,6 +20,7 @@ import torch
 
 from ..cliopts import MAX_SEED, MAX_SIZE, MAX_STEPS, check_config, opt
 from ..dataset import PersonDataset
+from ..device import PRECISIONS, amp_dtype, resolve_device
 from ..device import defaults_for as device_defaults
 from ..engine import Callback, RunFolder, Trainer
 from ..errors import InputError
@@ -27,7 +28,7 @@ from ..fileio import atomic_path, write_json
 from .data import RenderData
 from .model import ModelConfig, RayBatch, RenderModel
 from .perceptual import load_perceptual
-from .renderer import RUN_KIND, write_run
+from .renderer import RUN_KIND, legacy_precision, write_run
 from .volume import psnr
 
 log = logging.getLogger(__name__)
@@ -93,8 +94,9 @@ class RenderTrainConfig:
     """Seconds between checkpoints."""
     seed: int = opt(0, min=0, max=MAX_SEED)
     """Random seed."""
-    amp: bool = True
-    """Mixed precision on CUDA."""
+    precision: str = opt("auto", choices=PRECISIONS)
+    """Autocast precision of the fields (`geneface.device.amp_dtype`): ``auto`` is bf16 (or fp16) on CUDA, fp32
+    elsewhere; rendering the finished model uses the same."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """Model sizes (resolutions follow ``size`` unless given)."""
 
@@ -123,7 +125,7 @@ class RenderTrainer:
                  device: torch.device | str = "cpu", progress: bool = True) -> None:
         self.run_folder = RunFolder(run_dir, RUN_KIND)
         self.run_dir = self.run_folder.root
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.progress = progress
         data_size = PersonDataset(data_dir).size
         resolutions_given = config.model.resolutions != ModelConfig().resolutions
@@ -132,9 +134,7 @@ class RenderTrainer:
         self.data = RenderData(data_dir, c.size, self.device, progress=progress)
         self.phase_steps = {"head": c.steps - int(round(c.steps * c.torso_fraction)),
                             "torso": int(round(c.steps * c.torso_fraction))}
-        self.amp_dtype = None
-        if c.amp and self.device.type == "cuda":
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.amp_dtype = amp_dtype(self.device, c.precision)
         self.trainer = Trainer(self.run_folder, log_every=10, progress=progress, lr_hint="lower the learning rate (--lr)",
                                memory_hint=f"use a smaller --size (now {c.size}) or --rays (now {c.rays_per_frame})")
         self.history: list[dict] = []
@@ -190,7 +190,7 @@ class RenderTrainer:
         try:
             run = state["run"]
             self.model = RenderModel.from_config_record(run, str(self.run_folder.state_dir))
-            saved = {"model": run["model"], "data": run.get("data"), **run["train"]}
+            saved = {"model": run["model"], "data": run.get("data"), **legacy_precision(run["train"])}
             phase, step = str(state["phase"]), int(state["step"])
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"training state {self.run_folder.state_dir} is corrupt ({type(e).__name__}: {e}); "
@@ -282,7 +282,7 @@ class RenderTrainer:
         if first > 0 and (self.run_folder.state_dir / "optimizer.safetensors").exists():
             self.run_folder.load_state({}, {"optimizer": opt})
         self.step = offset + max(first, 0)
-        scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         d = self.data
         rays = c.rays_per_frame * (1 if phase == "head" else c.torso_rays_factor)
 
