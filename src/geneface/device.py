@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from .errors import InputError
-
+import contextlib
 from dataclasses import dataclass
+
+from .errors import InputError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -99,10 +100,25 @@ def amp_dtype(device, precision: str = "auto"):
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+@contextlib.contextmanager
+def memory_errors(device, what: str, hint: str):
+    """Running out of memory on ``device`` inside the block is an `InputError`: ``out of memory on cuda WHAT;
+    HINT`` (``what``: "in head training", "while loading ...") (CUDA's and MPS's out-of-memory errors and a failed CPU allocation alike)."""
+    import torch
+
+    kind = device if isinstance(device, str) else device.type
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError:
+        raise InputError(f"out of memory on {kind} {what}; {hint}") from None
+    except RuntimeError as e:
+        if "can't allocate memory" in str(e) or "out of memory" in str(e):
+            raise InputError(f"out of memory on {kind} {what}; {hint}") from None
+        raise
+
+
 def autocast(device, dtype):
     """Autocast to ``dtype`` on ``device``'s kind (a no-op for None)."""
-    import contextlib
-
     import torch
 
     if dtype is None:

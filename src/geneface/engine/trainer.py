@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import torch
 from tqdm import tqdm
 
-from ..errors import InputError
+from ..device import memory_errors
 from .dist import Dist
 from .run import RunFolder, TrainingError
 
@@ -101,43 +101,36 @@ class Trainer:
                 pending.clear()
 
         try:
-            for i in range(start, total):
-                t0 = time.perf_counter()
-                losses = step_fn(i)
-                self.train_seconds += time.perf_counter() - t0
-                if pending and losses.keys() != pending[0].keys():  # the stage's losses changed
-                    check()
-                pending.append({k: v.detach() for k, v in losses.items()})
-                done = i + 1
-                bar.update(1)
-                due = [cb for cb in saves if cb.due(done)]
-                if due:
-                    check()
-                if done % self.log_every == 0 or done == total:
-                    check()
-                    keys = checked[-1].keys()  # those of the latest steps, when they changed in the interval
-                    rows = [r for r in checked if r.keys() == keys]
-                    mean = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
-                    checked.clear()
-                    self._log(stage, done, mean)
-                    bar.set_postfix_str(status(mean) if status else
-                                        ", ".join(f"{k} {v:.4g}" for k, v in mean.items()), refresh=False)
-                for cb in callbacks:
-                    cb.maybe(done)
-                for cb in due:
-                    cb.maybe(done)
+            with memory_errors(self.dist.device, f"in {stage} training", self.memory_hint):
+                for i in range(start, total):
+                    t0 = time.perf_counter()
+                    losses = step_fn(i)
+                    self.train_seconds += time.perf_counter() - t0
+                    if pending and losses.keys() != pending[0].keys():  # the stage's losses changed
+                        check()
+                    pending.append({k: v.detach() for k, v in losses.items()})
+                    done = i + 1
+                    bar.update(1)
+                    due = [cb for cb in saves if cb.due(done)]
+                    if due:
+                        check()
+                    if done % self.log_every == 0 or done == total:
+                        check()
+                        keys = checked[-1].keys()  # those of the latest steps, when they changed in the interval
+                        rows = [r for r in checked if r.keys() == keys]
+                        mean = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
+                        checked.clear()
+                        self._log(stage, done, mean)
+                        bar.set_postfix_str(status(mean) if status else
+                                            ", ".join(f"{k} {v:.4g}" for k, v in mean.items()), refresh=False)
+                    for cb in callbacks:
+                        cb.maybe(done)
+                    for cb in due:
+                        cb.maybe(done)
         except KeyboardInterrupt:
             check()  # never save weights that diverged
             if checkpoint is not None and done > start:
                 checkpoint(done)
-            raise
-        except torch.cuda.OutOfMemoryError:
-            raise InputError(f"out of memory on {self.dist.device.type} in {stage} training; "
-                             f"{self.memory_hint}") from None
-        except RuntimeError as e:
-            if "can't allocate memory" in str(e) or "out of memory" in str(e):
-                raise InputError(f"out of memory on {self.dist.device.type} in {stage} training; "
-                                 f"{self.memory_hint}") from None
             raise
         finally:
             bar.close()

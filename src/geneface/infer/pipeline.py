@@ -19,7 +19,7 @@ from tqdm import tqdm
 from .. import media
 from ..cliopts import MAX_SEED, check_config, opt
 from ..constants import AUDIO_RATE, CONTOURS_68
-from ..device import DEVICES, resolve_device
+from ..device import DEVICES, memory_errors, resolve_device
 from ..errors import InputError
 from ..fileio import read_npz
 from ..motion import MotionModel
@@ -136,7 +136,10 @@ class PersonModel:
                size: int | None = None) -> np.ndarray:
         """RGB frames [B, S, S, 3] uint8 of landmark windows [B, 5, 68, 3] (`PersonRenderer.windows`) seen from
         cameras c2w [B, 4, 4]; S is ``size`` (default: the person's `size`)."""
-        rgb = self.renderer.render(torch.as_tensor(c2w).float(), torch.as_tensor(windows).float(), size=size).rgb
+        b = len(c2w)
+        with memory_errors(self.renderer.device, f"while rendering {b} frame{'s' if b != 1 else ''} at once",
+                           "use a smaller --batch" if b > 1 else "use a smaller size or --device cpu"):
+            rgb = self.renderer.render(torch.as_tensor(c2w).float(), torch.as_tensor(windows).float(), size=size).rgb
         return (rgb.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
 
     # --- all of it ------------------------------------------------------------------------------------

@@ -95,7 +95,7 @@ def train_person(video: str | os.PathLike, out: str | os.PathLike, config: Train
         _check_dataset(data, size, config.force)
         _stage("process", data)
         process(video, data, ProcessConfig(size=size, audio=config.audio, features=(config.features,),
-                                           feature_model=config.feature_model))
+                                           feature_model=config.feature_model, device=config.device))
 
         # 2. motion: trained on the person, or a prior adapted with the postnet
         motion_dir = out / "motion"

@@ -189,7 +189,8 @@ class MotionModel:
         audio = check_audio(audio)
         if num_frames is None:
             num_frames = frames_for_audio(audio.size)
-        features = extract_features(self.feature_kind, audio, num_frames=num_frames, model_path=model_path)
+        features = extract_features(self.feature_kind, audio, num_frames=num_frames, model_path=model_path,
+                                    device=self.device.type)  # the neural kinds run beside the model
         pitch = pitch_from_mel(features) if self.feature_kind == "mel" else pitch_from_audio(audio, num_frames)
         return features, pitch
 

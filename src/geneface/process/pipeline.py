@@ -36,6 +36,7 @@ from .. import face, media
 from ..cliopts import MAX_SIZE, check_config, opt
 from ..constants import AUDIO_RATE, FEATURE_RATE, FPS
 from ..dataset import FORMAT, VERSION
+from ..device import DEVICES
 from ..errors import InputError, NoFaceError
 from ..features import FEATURE_KINDS, extract_features
 from ..features.activity import is_silent
@@ -78,6 +79,8 @@ class ProcessConfig:
     """Frames sampled evenly over the training split to estimate the static background."""
     track_side: int = opt(256, min=32, max=MAX_SIZE)
     """Smallest frame side at which the face mesh is tracked (smaller outputs are tracked upscaled)."""
+    device: str = opt("auto", choices=DEVICES)
+    """Compute device of the neural audio features (whisper, hubert); the rest of processing uses the CPU."""
 
     def __post_init__(self) -> None:
         self.features = tuple(self.features)
@@ -282,10 +285,10 @@ def clip_audio(source: Path, num_frames: int) -> np.ndarray:
 
 
 def audio_features(audio: np.ndarray, kinds: tuple[str, ...], num_frames: int,
-                   model_path: Path | None = None) -> dict[str, np.ndarray]:
+                   model_path: Path | None = None, device: str = "cpu") -> dict[str, np.ndarray]:
     """Features ``[2 * num_frames, D]`` float32 at 50 Hz of each kind in ``kinds``, from 16 kHz ``audio``."""
-    return {kind: extract_features(kind, audio, num_frames=num_frames, model_path=model_path).astype(np.float32)
-            for kind in kinds}
+    return {kind: extract_features(kind, audio, num_frames=num_frames, model_path=model_path,
+                                   device=device).astype(np.float32) for kind in kinds}
 
 
 def split_frame(num_frames: int, val_fraction: float) -> int:
@@ -340,7 +343,7 @@ def track_clip(video: str | Path, config: ProcessConfig = ProcessConfig(), progr
     tracked = track_mesh(video, found.crop, t, config, progress=progress)
     motion = solve_motion(tracked.mesh, config)
     audio = _as_stored(clip_audio(config.audio or video, t))
-    features = audio_features(audio, config.features, t, config.feature_model)
+    features = audio_features(audio, config.features, t, config.feature_model, config.device)
     mel = features["mel"] if "mel" in features else extract_features("mel", audio, num_frames=t)
     return ClipTrack(crop=found.crop, mesh=tracked.mesh, found=tracked.found, motion=motion, audio=audio,
                      features=features, pitch=f0_hz(mel).astype(np.float32), notes=found.notes + tracked.notes)
@@ -435,7 +438,8 @@ def step_audio(ctx: Context) -> None:
 def step_features(ctx: Context) -> None:
     """Audio features at 50 Hz for each requested kind."""
     audio = media.read_audio(ctx.out / "audio.wav")
-    features = audio_features(audio, ctx.config.features, ctx.num_frames, ctx.config.feature_model)
+    features = audio_features(audio, ctx.config.features, ctx.num_frames, ctx.config.feature_model,
+                              ctx.config.device)
     for kind, feats in features.items():
         write_npz(ctx.out / "features" / f"{kind}.npz", features=feats, rate=np.array(FEATURE_RATE))
 

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from ..constants import EYE_CORNERS_68, EYE_LOWER_68, EYE_UPPER_68, EYES_68, MOUTH_68
 from ..dataset import PersonDataset
+from ..device import memory_errors
 from ..errors import InputError
 from .fields import REGIONS, WINDOW
 from .model import PersonGeometry, RayBatch
@@ -42,6 +43,11 @@ def available_memory(device: torch.device) -> int:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
         return -1
+
+
+CHUNK_FRAMES = 256
+"""Frames a whole-clip reduction over the labels reads at once (no [T, S, S] temporary: a 5-minute clip at 512 px
+has 2 GiB of labels)."""
 
 
 class RenderData:
@@ -106,8 +112,10 @@ class RenderData:
         bg = ds.background()
         if size != ds.size:
             bg = cv2.resize(bg, (size, size), interpolation=cv2.INTER_AREA)
-        self.frames = torch.from_numpy(frames).to(self.device)  # [T, S, S, 3] uint8
-        self.labels = torch.from_numpy(labels).to(self.device)  # [T, S, S] uint8
+        with memory_errors(self.device, f"while loading {t} frames of {size} px", f"use a smaller --size (e.g. "
+                                                                            f"{max(16, size // 2)})"):
+            self.frames = torch.from_numpy(frames).to(self.device)  # [T, S, S, 3] uint8
+            self.labels = torch.from_numpy(labels).to(self.device)  # [T, S, S] uint8
         self.background = torch.from_numpy(bg).to(self.device)  # [S, S, 3] uint8
         self.mouth_boxes = self._boxes(MOUTH_68, 0.3)  # [T, 4] x0, y0, x1, y1
         self.eye_boxes = self._boxes(EYES_68, 0.5)  # [T, 4]
@@ -154,8 +162,10 @@ class RenderData:
         return torch.from_numpy(np.concatenate([uv, cam[..., 2:3]], -1).astype(np.float32)).to(self.device)
 
     def _label_boxes(self, label: int, margin: int) -> Tensor:
-        m = self.labels == label
-        rows, cols = m.any(2), m.any(1)  # [T, S]
+        """Image boxes [T, 4] around each frame's pixels of ``label``, grown by ``margin`` (the whole frame where
+        there are none)."""
+        rows = torch.cat([(c == label).any(2) for c in self.labels.split(CHUNK_FRAMES)])  # [T, S]
+        cols = torch.cat([(c == label).any(1) for c in self.labels.split(CHUNK_FRAMES)])  # [T, S]
         ar = torch.arange(self.size, device=self.device)
         big = self.size
         y0 = torch.where(rows, ar, big).amin(1)
@@ -226,7 +236,10 @@ class RenderData:
 
     def torso_region(self, dilate: int | None = None) -> Tensor:
         """Pixels [S, S] bool where the torso may appear: any training frame's torso label, dilated."""
-        m = (self.labels[self.train_idx] == 2).any(0).float()[None, None]
+        m = torch.zeros(self.size, self.size, dtype=torch.bool, device=self.device)
+        for chunk in self.train_idx.split(CHUNK_FRAMES):
+            m |= (self.labels[chunk] == 2).any(0)
+        m = m.float()[None, None]
         dilate = max(2, self.size // 16) if dilate is None else dilate
         return F.max_pool2d(m, 2 * dilate + 1, stride=1, padding=dilate)[0, 0] > 0
 

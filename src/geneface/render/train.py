@@ -20,7 +20,7 @@ import torch
 
 from ..cliopts import MAX_SEED, MAX_SIZE, MAX_STEPS, check_config, opt
 from ..dataset import PersonDataset
-from ..device import PRECISIONS, amp_dtype, resolve_device
+from ..device import PRECISIONS, amp_dtype, memory_errors, resolve_device
 from ..device import defaults_for as device_defaults
 from ..engine import Callback, RunFolder, Trainer
 from ..errors import InputError
@@ -324,7 +324,8 @@ class RenderTrainer:
             self.last = self.validate(phase)
         if phase == "head":  # the torso phase starts from here, with a fresh optimizer
             views = d.train_idx[::max(1, len(d.train_idx) // 48)]
-            self.model.prune_invisible(d.c2w[views], d.windows(views))
+            with memory_errors(self.device, "while pruning the occupancy grid", self.trainer.memory_hint):
+                self.model.prune_invisible(d.c2w[views], d.windows(views))
             self.save_state("torso", self._optimizer("torso"))
 
     def _losses(self, phase: str, batch: RayBatch) -> dict[str, torch.Tensor]:
