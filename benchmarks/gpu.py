@@ -6,8 +6,9 @@ of rendering, the peak GPU memory, and how far a render on the device is from a 
                              [--budget-seconds 420] [--threads N] [--progress]
                              [--work bench_out/gpu] [--out DIR] [--quick]
 
-Made for a session that rents one GPU for a few minutes: `python benchmarks/gpu.py --device cuda` takes well under
-8 minutes on one NVIDIA GPU with the defaults (short step counts, the device's frame size: 512 px on CUDA). It runs
+Made for a session that rents one GPU for a few minutes: `python benchmarks/gpu.py --device cuda` is sized to take
+under 8 minutes on one NVIDIA GPU with the defaults (short step counts, the device's frame size: 512 px on CUDA; not
+yet timed on a GPU, hence --budget-seconds). It runs
 end to end on a CPU too (`--device cpu --quick`: 64 px, tiny models, a few steps), so it is known to work before a
 GPU ever runs it. Stages, in order (each one's wall time, pass/fail, error message and peak GPU memory recorded):
 
