@@ -69,9 +69,9 @@ from geneface.motion.data import ClipSet, WindowSampler, load_clips
 from geneface.motion.model import MotionModel
 from geneface.motion.postnet import Discriminator, Postnet
 from geneface.motion.presets import preset
-from geneface.motion.train import MotionTrainConfig, PostnetTrainConfig, train_postnet
+from geneface.motion.train import (MotionTrainConfig, PostnetTrainConfig, generator_step, postnet_step,
+                                    syncnet_step, train_postnet)
 from geneface.render import PersonRenderer, RenderTrainConfig
-from geneface.render.perceptual import load_perceptual
 from geneface.render.train import RenderTrainer
 from geneface.render.volume import psnr
 from geneface.synth import SynthConfig, synthesize
@@ -136,16 +136,9 @@ def dtype_name(dtype) -> str | None:
     return None if dtype is None else str(dtype).replace("torch.", "")
 
 
-def precision_of(*objects) -> dict:
-    """The precision settings found on the objects: ``amp_dtype`` (what the renderer's fields autocast to) and a
-    ``precision`` field (the single setting being added), read with getattr so that this works before and after."""
-    found: dict = {"amp_dtype": None}
-    for obj in objects:
-        for name in ("amp_dtype", "precision"):
-            value = getattr(obj, name, None)
-            if value is not None and found.get(name) is None:
-                found[name] = value if isinstance(value, (str, bool, int, float)) else dtype_name(value)
-    return found
+def precision_of(renderer: PersonRenderer) -> dict:
+    """What a loaded renderer's fields autocast to (`geneface.device.amp_dtype` of its training precision)."""
+    return {"amp_dtype": dtype_name(renderer.model.amp_dtype)}
 
 
 def time_steps(step: Callable[[], None], device: torch.device, warmup: int, steps: int) -> dict:
@@ -412,7 +405,7 @@ def stage_infer(b: Bench) -> dict:
         raise StageError(f"speak wrote no video at {out}", {"frames": frames})
     return {"frames": frames, "batch": a.infer_batch, "load_seconds": load_seconds, "speak_seconds": seconds,
             "fps_end_to_end": frames / seconds, "video_bytes": out.stat().st_size,
-            "precision": precision_of(model.renderer, model.renderer.model)}
+            "precision": precision_of(model.renderer)}
 
 
 def stage_evaluate(b: Bench) -> dict:
@@ -442,109 +435,61 @@ def stage_step_times(b: Bench) -> dict:
 
 
 def time_motion_steps(b: Bench) -> tuple[dict, dict]:
-    """The SyncNet, generator (with its SyncNet loss) and postnet + discriminator steps as `train_motion` and
-    `train_postnet` run them, with their default batch and window: ({model: times}, settings)."""
+    """The SyncNet, generator (with its SyncNet loss) and postnet + discriminator steps that `train_motion` and
+    `train_postnet` run (`geneface.motion.train.syncnet_step`, ...), with their default batch and window:
+    ({model: times}, settings)."""
     a, dev = b.args, b.device
     cfg, pcfg = MotionTrainConfig(), PostnetTrainConfig()
     motion = MotionModel.load(b.person / "motion", dev)
     sampler = WindowSampler(ClipSet(load_clips([b.person / "data"], motion.feature_kind, ("train",))),
                             cfg.window, cfg.batch_size, seed=0)
-    rng = torch.Generator().manual_seed(0)  # the trainers draw their pairs and noise on the CPU
+    batches = sampler.batches(dev)
+    rng = torch.Generator(device=dev).manual_seed(0)  # as the trainers: random draws on the device
     syncnet, generator = motion.syncnet.train().requires_grad_(True), motion.generator
-    s_opt = torch.optim.Adam(syncnet.parameters(), lr=cfg.syncnet_lr)
+    s_params = list(syncnet.parameters())
+    s_opt = torch.optim.Adam(s_params, lr=cfg.syncnet_lr)
     times: dict[str, dict] = {}
-
-    def optimise(losses: dict, params, opt, clip: float) -> None:
-        opt.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        torch.nn.utils.clip_grad_norm_(params, clip)
-        opt.step()
-
-    def syncnet_step() -> None:
-        batch = sampler.next().to(dev)
-        pairs = syncnet.sample_pairs(batch.features, batch.offsets, batch.mask, cfg.syncnet_pairs, rng)
-        optimise(syncnet.loss(*pairs), list(syncnet.parameters()), s_opt, cfg.clip_grad)
-
-    times["syncnet"] = time_steps(syncnet_step, dev, a.warmup_steps, a.timing_steps)
+    times["syncnet"] = time_steps(lambda: syncnet_step(syncnet, syncnet.loss, next(batches), rng, s_opt, s_params,
+                                                       cfg), dev, a.warmup_steps, a.timing_steps)
     syncnet.eval().requires_grad_(False)
     generator.train().requires_grad_(True)
-    g_opt = torch.optim.Adam(generator.parameters(), lr=cfg.lr)
-
-    def generator_step() -> None:
-        batch = sampler.next().to(dev)
-        losses = generator.loss(batch.features, batch.pitch, batch.offsets, batch.mask, syncnet=syncnet, generator=rng)
-        optimise(losses, list(generator.parameters()), g_opt, cfg.clip_grad)
-
-    times["generator"] = time_steps(generator_step, dev, a.warmup_steps, a.timing_steps)
+    g_params = list(generator.parameters())
+    g_opt = torch.optim.Adam(g_params, lr=cfg.lr)
+    times["generator"] = time_steps(lambda: generator_step(generator.loss, next(batches), syncnet, rng, g_opt,
+                                                           g_params, cfg), dev, a.warmup_steps, a.timing_steps)
     generator.eval().requires_grad_(False)
     p_cfg = preset(motion.info.get("preset") or "geneface", motion.feature_dim)[2]
     postnet, disc = Postnet(p_cfg).to(dev), Discriminator(p_cfg).to(dev)
     postnet.motion_scale.copy_(generator.motion_scale)
     disc.motion_scale.copy_(generator.motion_scale)
-    p_opt = torch.optim.RMSprop(postnet.parameters(), lr=pcfg.lr)
-    d_opt = torch.optim.RMSprop(disc.parameters(), lr=pcfg.disc_lr)
-
-    def postnet_step() -> None:
-        batch = sampler.next().to(dev)
-        with torch.no_grad():
-            raw = generator.sample(batch.features, batch.pitch, batch.mask, temperature=pcfg.temperature, generator=rng)
-        disc.requires_grad_(False)
-        losses, refined = postnet.loss(raw, batch.offsets, batch.mask, batch.features, disc, syncnet, rng)
-        optimise(losses, list(postnet.parameters()), p_opt, pcfg.clip_grad)
-        disc.requires_grad_(True)
-        optimise(disc.loss(batch.offsets, refined.detach(), batch.mask), list(disc.parameters()), d_opt,
-                 pcfg.clip_grad)
-
-    times["postnet"] = time_steps(postnet_step, dev, a.warmup_steps, a.timing_steps)
+    refiner = (postnet, postnet.loss, torch.optim.RMSprop(postnet.parameters(), lr=pcfg.lr))
+    critic = (disc, disc.loss, torch.optim.RMSprop(disc.parameters(), lr=pcfg.disc_lr))
+    times["postnet"] = time_steps(lambda: postnet_step(refiner, critic, generator, syncnet, next(batches), None, rng,
+                                                       pcfg), dev, a.warmup_steps, a.timing_steps)
     return times, {"preset": motion.info.get("preset"), "batch_size": cfg.batch_size, "window": cfg.window,
                    "syncnet_pairs": cfg.syncnet_pairs}
 
 
 def time_render_steps(b: Bench) -> tuple[dict, dict, dict]:
-    """The renderer's head and torso steps: train_all's trained model (its occupancy grid already carved and
-    pruned) with the trainer's data, settings and autocast dtype (`RenderTrainer`; its step loop is private, so the
-    step is written out here as `RenderTrainer._run_phase` does it): ({model: times}, settings, precision)."""
+    """The renderer's head and torso steps (`RenderTrainer.train_step`) on train_all's trained model (its
+    occupancy grid already carved and pruned), with the trainer's data, settings and precision:
+    ({model: times}, settings, precision)."""
     a, dev = b.args, b.device
     trainer = RenderTrainer(b.person / "data", b.work / "timing_run",
                             RenderTrainConfig(size=b.size, rays_per_frame=a.rays), dev, progress=False)
-    c, data = trainer.config, trainer.data
-    model = PersonRenderer.load(b.person / "render", dev).model.train().requires_grad_(True)
-    if hasattr(trainer, "amp_dtype"):
-        model.amp_dtype = trainer.amp_dtype
-    precision = precision_of(trainer, trainer.config, model)
-    amp_dtype = getattr(model, "amp_dtype", None)
-    scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda" and amp_dtype == torch.float16)
-    perceptual = load_perceptual(dev) if c.perceptual_weight > 0 else None
-    side = math.isqrt(int(c.rays_per_frame * c.lip_fraction))  # the trainer's mouth patch (`_patch_size`)
-    patch = side if perceptual is not None and side >= 4 else 0
+    c = trainer.config
+    trainer.model = PersonRenderer.load(b.person / "render", dev).model.train().requires_grad_(True)
+    trainer.model.amp_dtype = trainer.amp_dtype
+    scaler = trainer.grad_scaler()
     gen = torch.Generator(device=dev).manual_seed(0)
-
-    def render_step(phase: str, opt: torch.optim.Optimizer) -> None:
-        rays = c.rays_per_frame * (1 if phase == "head" else c.torso_rays_factor)
-        batch = data.sample(c.frames_per_step, rays, phase, c.lip_fraction, generator=gen,
-                            patch=patch if phase == "head" else 0, depth_fraction=c.depth_fraction,
-                            eye_fraction=c.eye_fraction, blink_eye_fraction=c.blink_eye_fraction,
-                            blink_frame_boost=c.blink_frame_boost)
-        if phase == "head":
-            losses, _ = model.head_loss_dict(batch, alpha_weight=c.alpha_weight, distortion_weight=c.distortion_weight,
-                                             depth_weight=c.depth_weight, perceptual=perceptual,
-                                             perceptual_weight=c.perceptual_weight, patch=patch)
-        else:
-            losses, _ = model.torso_loss_dict(batch, alpha_weight=c.torso_alpha_weight)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(sum(losses.values())).backward()
-        scaler.step(opt)
-        scaler.update()
-
     times: dict[str, dict] = {}
-    for phase, groups in (("head", model.head_parameters()), ("torso", model.torso_parameters())):
-        opt = torch.optim.Adam([{"params": g["params"], "lr": c.lr * g["lr_scale"]} for g in groups],
-                               betas=(0.9, 0.99), eps=1e-15)
-        times[f"render_{phase}"] = time_steps(lambda p=phase, o=opt: render_step(p, o), dev, a.warmup_steps,
-                                              a.timing_steps)
+    for phase in ("head", "torso"):
+        opt = trainer.optimizer(phase)
+        times[f"render_{phase}"] = time_steps(lambda p=phase, o=opt: trainer.train_step(p, o, scaler, gen), dev,
+                                              a.warmup_steps, a.timing_steps)
     settings = {"size": c.size, "frames_per_step": c.frames_per_step, "rays_per_frame": c.rays_per_frame,
-                "torso_rays_factor": c.torso_rays_factor, "perceptual_loss": perceptual is not None}
-    return times, settings, precision
+                "torso_rays_factor": c.torso_rays_factor, "perceptual_loss": trainer.perceptual is not None}
+    return times, settings, {"precision": c.precision, "amp_dtype": dtype_name(trainer.amp_dtype)}
 
 
 def _poses_and_windows(b: Bench) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
@@ -587,7 +532,7 @@ def stage_render_fps(b: Bench) -> dict:
                                "median_batch_ms": 1000 * statistics.median(times),
                                "cuda_peak_mib": peak_memory_mib(dev)}
     return {"size": a.fps_size, "trained_size": renderer.size, "batches": batches,
-            "precision": precision_of(renderer, renderer.model)}
+            "precision": precision_of(renderer)}
 
 
 def stage_device_vs_cpu(b: Bench) -> dict:
@@ -607,7 +552,7 @@ def stage_device_vs_cpu(b: Bench) -> dict:
             "psnr_db": value if math.isfinite(value) else None, "psnr_infinite": math.isinf(value),
             "identical": bool(torch.equal(x, y)), "max_abs_diff": float((x - y).abs().max()),
             "pixels_differing_8bit": float((to8(x) != to8(y)).any(-1).float().mean()),
-            "precision_device": precision_of(on_device, on_device.model), "compared": f"{b.device.type} vs cpu"}
+            "precision_device": precision_of(on_device), "compared": f"{b.device.type} vs cpu"}
 
 
 # --- main --------------------------------------------------------------------------------------------------

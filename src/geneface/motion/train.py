@@ -17,7 +17,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -28,7 +28,7 @@ from ..engine import Dist, LossCall, RunFolder, Trainer, init_distributed
 from ..errors import InputError
 from ..weights import config_to_dict
 from .corpus import default_feature_kind, open_training_data, open_window_source
-from .data import ClipSet, MotionClip, VoiceAugment, WindowSampler, WindowSource, load_clips
+from .data import ClipSet, MotionBatch, MotionClip, VoiceAugment, WindowSampler, WindowSource, load_clips
 from .generator import Audio2Motion
 from .measures import data_stats, eval_subset, motion_metrics, syncnet_auc
 from .model import RUN_KIND, MotionModel
@@ -130,6 +130,50 @@ def _optimize(losses: dict[str, torch.Tensor], params: list[nn.Parameter], optim
     norm = torch.nn.utils.clip_grad_norm_(params, clip)
     optimizer.step()
     return {**{k: v for k, v in losses.items() if k != "total"}, "grad_norm": norm}
+
+
+# --- the training steps (the trainers, and benchmarks/gpu.py timing them) ------------------------------
+
+def syncnet_step(syncnet: SyncNet, loss: Callable, batch: MotionBatch, rng: torch.Generator,
+                 optimizer: torch.optim.Optimizer, params: list[nn.Parameter], cfg: MotionTrainConfig
+                 ) -> dict[str, torch.Tensor]:
+    """One SyncNet step on ``batch``: random in-sync and shifted pairs, ``loss`` (``syncnet.loss``, or it under
+    DistributedDataParallel), backward, clip, step."""
+    audio, mouth, label = syncnet.sample_pairs(batch.features, batch.offsets, batch.mask, cfg.syncnet_pairs, rng)
+    return _optimize(loss(audio, mouth, label), params, optimizer, cfg.clip_grad)
+
+
+def generator_step(loss: Callable, batch: MotionBatch, syncnet: SyncNet | None, rng: torch.Generator,
+                   optimizer: torch.optim.Optimizer, params: list[nn.Parameter], cfg: MotionTrainConfig
+                   ) -> dict[str, torch.Tensor]:
+    """One generator step (``loss``: ``Audio2Motion.loss``), with the SyncNet's loss when ``syncnet`` is given."""
+    losses = loss(batch.features, batch.pitch, batch.offsets, batch.mask, syncnet=syncnet, generator=rng)
+    return _optimize(losses, params, optimizer, cfg.clip_grad)
+
+
+def postnet_step(refiner: tuple[Postnet, Callable, torch.optim.Optimizer],
+                 critic: tuple[Discriminator, Callable, torch.optim.Optimizer], generator: Audio2Motion,
+                 syncnet: SyncNet, batch: MotionBatch, other: MotionBatch | None, rng: torch.Generator,
+                 cfg: PostnetTrainConfig) -> dict[str, torch.Tensor]:
+    """One postnet step, then one discriminator step: ``refiner`` and ``critic`` are (module, its loss, its
+    optimizer). ``batch`` is the person's; ``other`` speakers' audio, if given, only gets the adversarial and
+    sync terms."""
+    (postnet, p_loss, p_opt), (disc, d_loss, d_opt) = refiner, critic
+    feats, pitch, mask, target_mask = batch.features, batch.pitch, batch.mask, batch.mask
+    if other is not None:
+        feats, pitch = torch.cat([feats, other.features]), torch.cat([pitch, other.pitch])
+        mask = torch.cat([mask, other.mask])
+        target_mask = torch.cat([target_mask, torch.zeros_like(other.mask)])
+    with torch.no_grad():
+        raw = generator.sample(feats, pitch, mask, temperature=cfg.temperature, generator=rng)
+    target = torch.cat([batch.offsets, torch.zeros_like(raw[batch.offsets.shape[0]:])])
+    disc.requires_grad_(False)
+    losses, refined = p_loss(raw, target, mask, feats, disc, syncnet, rng, target_mask=target_mask)
+    p_values = _optimize(losses, list(postnet.parameters()), p_opt, cfg.clip_grad)
+    disc.requires_grad_(True)
+    d_values = _optimize(d_loss(batch.offsets, refined.detach(), batch.mask, fake_mask=mask),
+                         list(disc.parameters()), d_opt, cfg.clip_grad)
+    return {**p_values, **{k if k != "grad_norm" else "disc_grad_norm": v for k, v in d_values.items()}}
 
 
 def _seed(cfg: StepConfig, dist: Dist, step: int) -> int:
@@ -257,13 +301,11 @@ def train_motion(data: Sequence[str | os.PathLike], out: str | os.PathLike, *, i
             s_loss = dist.wrap(LossCall(syncnet, "loss"))
             s_params = list(syncnet.parameters())
 
-            def syncnet_step(i: int) -> dict[str, torch.Tensor]:
+            def syncnet_step_at(i: int) -> dict[str, torch.Tensor]:
                 _set_lr(s_opt, _cosine(i, cfg.syncnet_steps, cfg.syncnet_lr, floor=0.05))
-                b = next(batches)
-                audio, mouth, label = syncnet.sample_pairs(b.features, b.offsets, b.mask, cfg.syncnet_pairs, rng)
-                return _optimize(s_loss(audio, mouth, label), s_params, s_opt, cfg.clip_grad)
+                return syncnet_step(syncnet, s_loss, next(batches), rng, s_opt, s_params, cfg)
 
-            trainer.fit("syncnet", step, cfg.syncnet_steps, syncnet_step, checkpoint=lambda i: save("syncnet", i),
+            trainer.fit("syncnet", step, cfg.syncnet_steps, syncnet_step_at, checkpoint=lambda i: save("syncnet", i),
                         save_every=cfg.save_every)
             syncnet.eval()
             sync.update(_decide_sync_loss(syncnet, holdout, cfg, dist))
@@ -281,14 +323,12 @@ def train_motion(data: Sequence[str | os.PathLike], out: str | os.PathLike, *, i
             g_params = list(generator.parameters())
             sync_from = int(cfg.sync_start * cfg.steps)
 
-            def generator_step(i: int) -> dict[str, torch.Tensor]:
+            def generator_step_at(i: int) -> dict[str, torch.Tensor]:
                 _set_lr(g_opt, _cosine(i, cfg.steps, cfg.lr, warmup=min(cfg.warmup, cfg.steps // 10)))
-                b = next(batches)
                 use_sync = syncnet if (sync["enabled"] and i >= sync_from) else None
-                losses = g_loss(b.features, b.pitch, b.offsets, b.mask, syncnet=use_sync, generator=rng)
-                return _optimize(losses, g_params, g_opt, cfg.clip_grad)
+                return generator_step(g_loss, next(batches), use_sync, rng, g_opt, g_params, cfg)
 
-            trainer.fit("generator", step, cfg.steps, generator_step, checkpoint=lambda i: save("generator", i),
+            trainer.fit("generator", step, cfg.steps, generator_step_at, checkpoint=lambda i: save("generator", i),
                         save_every=cfg.save_every)
         trainer.close()
 
@@ -403,28 +443,13 @@ def train_postnet(person: str | os.PathLike, init: str | os.PathLike, out: str |
         audio_batches = audio_sampler.batches(dist.device) if audio_sampler is not None else None
         p_loss = dist.wrap(LossCall(postnet, "loss"))
         d_loss = dist.wrap(LossCall(disc, "loss"))
-        p_params, d_params = list(postnet.parameters()), list(disc.parameters())
 
-        def postnet_step(i: int) -> dict[str, torch.Tensor]:
-            b = next(person_batches)
-            feats, pitch, mask, target_mask = b.features, b.pitch, b.mask, b.mask
-            if audio_batches is not None:  # other speakers' audio: adversarial and sync terms only
-                e = next(audio_batches)
-                feats, pitch = torch.cat([feats, e.features]), torch.cat([pitch, e.pitch])
-                mask = torch.cat([mask, e.mask])
-                target_mask = torch.cat([target_mask, torch.zeros_like(e.mask)])
-            with torch.no_grad():
-                raw = generator.sample(feats, pitch, mask, temperature=cfg.temperature, generator=rng)
-            target = torch.cat([b.offsets, torch.zeros_like(raw[b.offsets.shape[0]:])])
-            disc.requires_grad_(False)
-            losses, refined = p_loss(raw, target, mask, feats, disc, syncnet, rng, target_mask=target_mask)
-            p_values = _optimize(losses, p_params, p_opt, cfg.clip_grad)
-            disc.requires_grad_(True)
-            d_values = _optimize(d_loss(b.offsets, refined.detach(), b.mask, fake_mask=mask), d_params, d_opt,
-                                 cfg.clip_grad)
-            return {**p_values, **{k if k != "grad_norm" else "disc_grad_norm": v for k, v in d_values.items()}}
+        def postnet_step_at(i: int) -> dict[str, torch.Tensor]:
+            other = next(audio_batches) if audio_batches is not None else None
+            return postnet_step((postnet, p_loss, p_opt), (disc, d_loss, d_opt), generator, syncnet,
+                                next(person_batches), other, rng, cfg)
 
-        trainer.fit("postnet", step, cfg.steps, postnet_step, checkpoint=save, save_every=cfg.save_every)
+        trainer.fit("postnet", step, cfg.steps, postnet_step_at, checkpoint=save, save_every=cfg.save_every)
         trainer.close()
 
         # 4. measures and the finished run

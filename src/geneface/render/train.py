@@ -141,8 +141,8 @@ class RenderTrainer:
         self.step = 0  # global step over both phases
         self.wall_before = 0.0  # wall-clock seconds of earlier sessions of this run
         self.session_start = time.perf_counter()
-        self.perceptual = None
-        self.patch = 0
+        self.perceptual = load_perceptual(self.device) if c.perceptual_weight > 0 else None
+        self.patch = _patch_size(c) if self.perceptual is not None else 0  # side of the mouth patch (0: none)
         self.last: dict = {}
 
     # --- setup -----------------------------------------------------------------------------------
@@ -165,7 +165,8 @@ class RenderTrainer:
         return {"format": RUN_KIND.format, "version": RUN_KIND.version, **self.model.config_record(), "train": c,
                 "data": str(self.data.root)}
 
-    def _optimizer(self, phase: str) -> torch.optim.Optimizer:
+    def optimizer(self, phase: str) -> torch.optim.Optimizer:
+        """Adam over `model`'s parameters of ``phase`` (head or torso)."""
         groups = self.model.head_parameters() if phase == "head" else self.model.torso_parameters()
         return torch.optim.Adam([{"params": g["params"], "lr": self.config.lr * g["lr_scale"],
                                   "base_lr": self.config.lr * g["lr_scale"]} for g in groups],
@@ -258,8 +259,6 @@ class RenderTrainer:
         else:
             start_phase = self._load_state(state)
         self.model.amp_dtype = self.amp_dtype
-        self.perceptual = load_perceptual(self.device) if c.perceptual_weight > 0 else None
-        self.patch = _patch_size(c) if self.perceptual is not None else 0
         gen = torch.Generator(device=self.device)
         gen.manual_seed(c.seed + self.step)
         self.last = self.history[-1] if self.history else {}
@@ -277,14 +276,13 @@ class RenderTrainer:
     def _run_phase(self, phase: str, offset: int, gen: torch.Generator) -> None:
         c = self.config
         n = self.phase_steps[phase]
-        opt = self._optimizer(phase)
+        opt = self.optimizer(phase)
         first = self.step - offset  # steps of this phase already done
         if first > 0 and (self.run_folder.state_dir / "optimizer.safetensors").exists():
             self.run_folder.load_state({}, {"optimizer": opt})
         self.step = offset + max(first, 0)
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        scaler = self.grad_scaler()
         d = self.data
-        rays = c.rays_per_frame * (1 if phase == "head" else c.torso_rays_factor)
 
         def occupancy(step: int) -> None:
             frame = d.train_idx[torch.randint(len(d.train_idx), (1,), generator=gen, device=self.device)]
@@ -295,15 +293,7 @@ class RenderTrainer:
 
         def step_fn(k: int) -> dict[str, torch.Tensor]:
             self._set_lr(opt, phase, k - offset)
-            batch = d.sample(c.frames_per_step, rays, phase, c.lip_fraction, generator=gen,
-                             patch=self.patch if phase == "head" else 0, depth_fraction=c.depth_fraction,
-                             eye_fraction=c.eye_fraction, blink_eye_fraction=c.blink_eye_fraction,
-                             blink_frame_boost=c.blink_frame_boost)
-            losses = self._losses(phase, batch)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(sum(losses.values())).backward()
-            scaler.step(opt)
-            scaler.update()
+            losses = self.train_step(phase, opt, scaler, gen)
             self.step = k + 1
             return losses
 
@@ -326,7 +316,28 @@ class RenderTrainer:
             views = d.train_idx[::max(1, len(d.train_idx) // 48)]
             with memory_errors(self.device, "while pruning the occupancy grid", self.trainer.memory_hint):
                 self.model.prune_invisible(d.c2w[views], d.windows(views))
-            self.save_state("torso", self._optimizer("torso"))
+            self.save_state("torso", self.optimizer("torso"))
+
+    def train_step(self, phase: str, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                   gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """One step of ``phase`` (head or torso) on `model`: random rays, the losses, backward, an optimizer step
+        through ``scaler`` (`grad_scaler`)."""
+        c = self.config
+        rays = c.rays_per_frame * (1 if phase == "head" else c.torso_rays_factor)
+        batch = self.data.sample(c.frames_per_step, rays, phase, c.lip_fraction, generator=gen,
+                                 patch=self.patch if phase == "head" else 0, depth_fraction=c.depth_fraction,
+                                 eye_fraction=c.eye_fraction, blink_eye_fraction=c.blink_eye_fraction,
+                                 blink_frame_boost=c.blink_frame_boost)
+        losses = self._losses(phase, batch)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(sum(losses.values())).backward()
+        scaler.step(opt)
+        scaler.update()
+        return losses
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """Loss scaling for fp16 (bf16 and fp32 need none: then it passes the loss through)."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
     def _losses(self, phase: str, batch: RayBatch) -> dict[str, torch.Tensor]:
         c = self.config
