@@ -152,7 +152,8 @@ def init_distributed(device: str = "auto") -> Dist:
                     "processes it replaced; start torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in its "
                     "environment")
     if not tdist.is_initialized():
-        tdist.init_process_group(backend_for(dev))
+        # a CUDA rank binds its GPU to the group (NCCL connects at once, on that GPU, not on GPU 0 at first use)
+        tdist.init_process_group(backend_for(dev), device_id=dev if dev.type == "cuda" else None)
     return Dist(tdist.get_rank(), tdist.get_world_size(), dev)
 
 
