@@ -108,24 +108,110 @@ def read_video(path: str | os.PathLike, fps: float = FPS) -> Iterator[np.ndarray
 
 
 def read_audio(path: str | os.PathLike, rate: int = AUDIO_RATE) -> np.ndarray:
-    """Decode the first audio stream as mono float32 ``[N]`` at ``rate`` Hz, values in [-1, 1]."""
+    """Decode the first audio stream as mono float32 ``[N]`` at ``rate`` Hz, values in [-1, 1], placed by its
+    timestamps.
+
+    In a file with video, sample 0 is at the presentation time of the first video frame (the frame 0 of
+    `read_video`): audio that starts before it is cut, audio that starts after it is preceded by silence. The
+    demuxer and decoder already apply edit lists and the codec's priming samples where the container declares
+    them (an AAC mp4's edit list, Matroska's codec delay); a file that does not (priming at pts 0, no edit list)
+    decodes with the priming in it, which `geneface process` measures as an offset. Gaps in the audio's
+    timestamps become silence. In an audio-only file sample 0 is the first decoded sample.
+    """
     container = _open(path)
     with container:
         if not container.streams.audio:
             raise InputError(f"no audio track in {path}")
+        start = _first_video_time(path) if container.streams.video else None
+        stream = container.streams.audio[0]
+        timeline = _Timeline(rate, _expected_samples(container, stream, rate), start)
         resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-        chunks: list[np.ndarray] = []
         try:
-            for frame in container.decode(container.streams.audio[0]):
+            for frame in container.decode(stream):
                 for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
+                    timeline.add(out)
             for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
+                timeline.add(out)
         except av.FFmpegError as e:
             raise InputError(f"corrupt audio stream in {path}: {e}") from None
-    if not chunks:
+    if timeline.decoded == 0:
         raise InputError(f"audio track in {path} holds no samples")
-    return np.clip(np.concatenate(chunks).astype(np.float32), -1.0, 1.0)
+    return timeline.samples()
+
+
+def _first_video_time(path: str | os.PathLike) -> float | None:
+    """Presentation time in seconds of the first decoded video frame of ``path`` (its own pass over the file);
+    None when there is none or it has no timestamp."""
+    try:
+        with av.open(str(path)) as container:
+            for frame in container.decode(container.streams.video[0]):
+                return frame.time
+    except av.FFmpegError:  # read_video reports a broken video stream; the audio can still be read
+        pass
+    return None
+
+
+def _expected_samples(container: av.container.InputContainer, stream: av.AudioStream, rate: int) -> int:
+    """Samples at ``rate`` the audio stream should give (from the declared duration; one second when unknown)."""
+    if stream.duration is not None and stream.time_base is not None:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        seconds = container.duration / av.time_base
+    else:
+        seconds = 1.0
+    return int(seconds * rate) + rate // 10
+
+
+class _Timeline:
+    """Mono samples laid out by their frames' timestamps into one growing float32 buffer (clipped at the end).
+
+    A frame that starts within `SLACK` seconds of where the previous one ended follows it directly (timestamps
+    rounded to their time base jitter by a sample or so); one that starts later leaves silence, one that starts
+    earlier overwrites. ``start``: the time of sample 0 (None: the first frame's time).
+    """
+
+    SLACK = 0.001
+
+    def __init__(self, rate: int, capacity: int, start: float | None) -> None:
+        self.rate, self.start = rate, start
+        self.buffer = np.zeros(max(capacity, 1), np.float32)
+        self.length = 0
+        """Samples written so far (the end of the furthest frame at or after sample 0)."""
+        self.cursor: int | None = None
+        """Where the previous frame ended (may be negative: before sample 0)."""
+        self.decoded = 0
+
+    def add(self, frame: av.AudioFrame) -> None:
+        samples = frame.to_ndarray().reshape(-1)
+        self.decoded += len(samples)
+        t = frame.time
+        if self.start is None:
+            self.start = 0.0 if t is None else t
+        pos = self.cursor
+        if t is not None:
+            stamped = int(round((t - self.start) * self.rate))
+            if pos is None or abs(stamped - pos) > self.SLACK * self.rate:
+                pos = stamped
+        pos = pos or 0
+        self.cursor = pos + len(samples)
+        if self.cursor <= 0:
+            return
+        if pos < 0:
+            samples, pos = samples[-pos:], 0
+        end = pos + len(samples)
+        if end > len(self.buffer):
+            grown = np.zeros(max(end, 2 * len(self.buffer)), np.float32)
+            grown[: self.length] = self.buffer[: self.length]
+            self.buffer = grown
+        self.buffer[pos:end] = samples
+        self.length = max(self.length, end)
+
+    def samples(self) -> np.ndarray:
+        """The audio ``[length]`` clipped to [-1, 1] (in place; a copy only when the buffer is much longer)."""
+        out = self.buffer[: self.length]
+        if len(self.buffer) > 1.1 * self.length + self.rate:
+            out = out.copy()
+        return np.clip(out, -1.0, 1.0, out=out)
 
 
 def _audio_frames(audio: np.ndarray, rate: int, frame_size: int) -> Iterator[av.AudioFrame]:
