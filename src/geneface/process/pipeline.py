@@ -6,7 +6,8 @@ The work on a clip is a chain of public stages on arrays, shared by every caller
 2. `track_mesh`: crop and resize every frame and track the 478-point face mesh on it;
 3. `solve_motion`: the canonical shape, the per-frame head pose (the NeRF camera), the mesh with the pose
    removed and the 68-point landmark offsets;
-4. `clip_audio` and `audio_features`: the clip's 16 kHz audio and its 50 Hz features.
+4. `clip_audio` and `audio_features`: the clip's 16 kHz audio, shifted to the lips (`geneface.process.avsync`),
+   and its 50 Hz features.
 
 `track_clip` runs them in memory on one clip and returns a `ClipTrack` (what `geneface corpus prepare` keeps
 of each clip). `process` runs them as steps that write a dataset folder, plus the person masks and the static
@@ -42,6 +43,7 @@ from ..features import FEATURE_KINDS, extract_features
 from ..features.activity import is_silent
 from ..features.mel import f0_hz
 from ..fileio import LOCK_FILE, atomic_dir, atomic_path, folder_lock, read_json, read_npz, write_json, write_npz
+from . import avsync
 from . import masks as masks_mod
 from . import pose as pose_mod
 
@@ -81,9 +83,14 @@ class ProcessConfig:
     """Smallest frame side at which the face mesh is tracked (smaller outputs are tracked upscaled)."""
     device: str = opt("auto", choices=DEVICES)
     """Compute device of the neural audio features (whisper, hubert); the rest of processing uses the CPU."""
+    av_offset: str = opt("auto", metavar="auto|MS")
+    """Audio/video offset correction: auto (measure how far the audio leads the lips and correct it when the
+    measure is confident), or the milliseconds by which the audio leads the video (negative: lags), corrected
+    as given; 0 for none."""
 
     def __post_init__(self) -> None:
         self.features = tuple(self.features)
+        self.av_offset = avsync.parse_setting(self.av_offset)
         check_config(self)
 
 
@@ -277,11 +284,15 @@ def solve_motion(mesh: np.ndarray, config: ProcessConfig) -> HeadMotion:
                       iod=np.array(iod, np.float32))
 
 
-def clip_audio(source: Path, num_frames: int) -> np.ndarray:
-    """The audio of ``source`` as 16 kHz mono float32, cut or zero-padded to ``num_frames`` video frames."""
+def clip_audio(source: Path, mesh: np.ndarray, av_offset: str = "auto") -> tuple[np.ndarray, avsync.AvOffset]:
+    """The audio of ``source`` as 16 kHz mono float32 aligned to the lips of ``mesh`` ``[T, 478, 3]``: its
+    offset is measured and corrected as ``av_offset`` says (`avsync.align`), then it is cut or zero-padded to
+    T video frames. Returns the audio and the offset."""
     audio = media.read_audio(source)
-    n = int(round(num_frames / FPS * AUDIO_RATE))
-    return np.pad(audio[:n], (0, max(0, n - len(audio))))
+    n = int(round(len(mesh) / FPS * AUDIO_RATE))
+    sync = avsync.align(avsync.estimate_offset(face.mouth_opening(mesh), audio[:n]), av_offset)
+    audio = avsync.shift_audio(audio, sync.applied_ms)
+    return np.pad(audio[:n], (0, max(0, n - len(audio)))), sync
 
 
 def audio_features(audio: np.ndarray, kinds: tuple[str, ...], num_frames: int,
@@ -318,6 +329,8 @@ class ClipTrack:
     """[2T] float32 f0 in Hz at 50 Hz (0 where unvoiced), from the mel features."""
     notes: list[str]
     """What `process` would have told the user ("note: no face in 3 frames ...; interpolated")."""
+    av_offset: dict = field(default_factory=dict)
+    """The audio/video offset measured and applied (`avsync.AvOffset.as_dict`)."""
 
     @property
     def num_frames(self) -> int:
@@ -342,11 +355,13 @@ def track_clip(video: str | Path, config: ProcessConfig = ProcessConfig(), progr
     t = found.num_frames
     tracked = track_mesh(video, found.crop, t, config, progress=progress)
     motion = solve_motion(tracked.mesh, config)
-    audio = _as_stored(clip_audio(config.audio or video, t))
+    audio, sync = clip_audio(config.audio or video, tracked.mesh, config.av_offset)
+    audio = _as_stored(audio)
     features = audio_features(audio, config.features, t, config.feature_model, config.device)
     mel = features["mel"] if "mel" in features else extract_features("mel", audio, num_frames=t)
     return ClipTrack(crop=found.crop, mesh=tracked.mesh, found=tracked.found, motion=motion, audio=audio,
-                     features=features, pitch=f0_hz(mel).astype(np.float32), notes=found.notes + tracked.notes)
+                     features=features, pitch=f0_hz(mel).astype(np.float32),
+                     notes=found.notes + tracked.notes, av_offset=sync.as_dict())
 
 
 def _as_stored(audio: np.ndarray) -> np.ndarray:
@@ -428,10 +443,12 @@ def step_background(ctx: Context) -> None:
 
 
 def step_audio(ctx: Context) -> None:
-    """16 kHz mono audio, cut or zero-padded to the clip's length."""
-    audio = clip_audio(ctx.config.audio or ctx.video, ctx.num_frames)
+    """16 kHz mono audio aligned to the lips, cut or zero-padded to the clip's length."""
+    audio, sync = clip_audio(ctx.config.audio or ctx.video, ctx.npz("landmarks.npz")["mesh"], ctx.config.av_offset)
     if is_silent(audio):
         log.warning("the audio is silent, so no lip motion can be learned from it; give speech with --audio")
+    (log.warning if sync.warn else log.info)(sync.message)
+    ctx.info["av_offset"] = sync.as_dict()
     media.write_audio(ctx.out / "audio.wav", audio)
 
 
@@ -464,7 +481,8 @@ def process(video: str | Path, out: str | Path, config: ProcessConfig = ProcessC
     key = {"source_sha256": _sha256(video), "size": config.size, "fps": float(FPS),
            "focal_scale": config.focal_scale, "crop_scale": config.crop_scale,
            "pose_smoothing": config.pose_smoothing,
-           "audio_sha256": _sha256(config.audio) if config.audio is not None else None}
+           "audio_sha256": _sha256(config.audio) if config.audio is not None else None,
+           "av_offset": config.av_offset}
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file, not a folder")
     if out.exists():
@@ -494,7 +512,7 @@ def _run_steps(video: Path, out: Path, config: ProcessConfig, info: media.VideoI
         write_json(out / "progress.json", progress)
     summary = _summary(ctx, done, time.perf_counter() - total, info)
     if rerun or not (out / "meta.json").exists():
-        _write_meta(ctx, info, key, summary)
+        _write_meta(ctx, info, key, summary, done["audio"]["av_offset"])
     _log_summary(summary)
     return summary
 
@@ -596,7 +614,7 @@ def _summary(ctx: Context, done: dict, seconds: float, info: media.VideoInfo) ->
     }
 
 
-def _write_meta(ctx: Context, info: media.VideoInfo, key: dict, summary: dict) -> None:
+def _write_meta(ctx: Context, info: media.VideoInfo, key: dict, summary: dict, av_offset: dict) -> None:
     t = ctx.num_frames
     split = split_frame(t, ctx.config.val_fraction)
     meta = {
@@ -611,6 +629,7 @@ def _write_meta(ctx: Context, info: media.VideoInfo, key: dict, summary: dict) -
         "source": {"path": str(ctx.video), "sha256": key["source_sha256"], "width": info.width,
                    "height": info.height, "fps": info.fps},
         "crop": [int(v) for v in ctx.npz("detect.npz")["crop"]],
+        "av_offset": av_offset,
         "config": {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
                    for k, v in asdict(ctx.config).items()},
         "summary": summary,
