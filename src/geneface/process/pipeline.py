@@ -84,9 +84,9 @@ class ProcessConfig:
     device: str = opt("auto", choices=DEVICES)
     """Compute device of the neural audio features (whisper, hubert); the rest of processing uses the CPU."""
     av_offset: str = opt("auto", metavar="auto|MS")
-    """Audio/video offset correction: auto (measure how far the audio leads the lips and correct it when the
-    measure is confident), or the milliseconds by which the audio leads the video (negative: lags), corrected
-    as given; 0 for none."""
+    """Correction of the audio/video offset: auto measures how far the audio leads the lips and corrects it when
+    the measure is confident; a number of milliseconds is corrected as given (positive: the audio leads the
+    video, negative: it lags); 0: none."""
 
     def __post_init__(self) -> None:
         self.features = tuple(self.features)
