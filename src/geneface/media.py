@@ -122,7 +122,8 @@ def read_audio(path: str | os.PathLike, rate: int = AUDIO_RATE) -> np.ndarray:
     with container:
         if not container.streams.audio:
             raise InputError(f"no audio track in {path}")
-        start = _first_video_time(path) if container.streams.video else None
+        moving = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+        start = _first_video_time(path, moving[0].index) if moving else None  # cover art is no video
         stream = container.streams.audio[0]
         timeline = _Timeline(rate, _expected_samples(container, stream, rate), start)
         resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
@@ -139,12 +140,12 @@ def read_audio(path: str | os.PathLike, rate: int = AUDIO_RATE) -> np.ndarray:
     return timeline.samples()
 
 
-def _first_video_time(path: str | os.PathLike) -> float | None:
-    """Presentation time in seconds of the first decoded video frame of ``path`` (its own pass over the file);
-    None when there is none or it has no timestamp."""
+def _first_video_time(path: str | os.PathLike, index: int) -> float | None:
+    """Presentation time in seconds of the first decoded frame of video stream ``index`` of ``path`` (its own
+    pass over the file); None when there is none or it has no timestamp."""
     try:
         with av.open(str(path)) as container:
-            for frame in container.decode(container.streams.video[0]):
+            for frame in container.decode(container.streams[index]):
                 return frame.time
     except av.FFmpegError:  # read_video reports a broken video stream; the audio can still be read
         pass
