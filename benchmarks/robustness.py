@@ -87,7 +87,7 @@ def variants(truth25: dict, seconds: float) -> dict[str, tuple[str, DegradeConfi
     oval = truth25["mesh"][:, face.FACE_OVAL, :2]
     top, chin, cx = float(oval[..., 1].min()), float(oval[..., 1].max()), float(oval[..., 0].mean())
     height = chin - top
-    side = 1.3 * height
+    side = 1.45 * height
     out["head_cut"] = ("clean25", DegradeConfig(crop=((cx - side / 2) / size, (top + 0.06 * height) / size,
                                                       side / size, side / size), canvas=(int(size), int(size))))
     out["portrait_30fps"] = ("clean30", DegradeConfig(canvas=(1080, 1920)))
@@ -132,7 +132,7 @@ def true_mouth(audio: np.ndarray, use_phones: bool) -> np.ndarray:
 
 def mouth_correlations(model, offsets: np.ndarray, truth: np.ndarray, render: bool) -> dict:
     """r of the predicted landmarks' and (``render``) the rendered video's mouth opening with ``truth`` [T]."""
-    from geneface.infer import InferConfig
+    from geneface import InferConfig
     from geneface.motion import mouth_opening
 
     n = min(len(offsets), len(truth))
@@ -152,7 +152,7 @@ def mouth_correlations(model, offsets: np.ndarray, truth: np.ndarray, render: bo
 def predict(model, motion, audio: np.ndarray) -> np.ndarray:
     """Stabilised offsets [T, 68, 3] of ``audio`` by ``motion`` for the person of ``model`` (as `geneface infer`,
     eyes held open)."""
-    from geneface.infer import InferConfig
+    from geneface import InferConfig
     from geneface.infer.stabilise import stabilise
 
     cfg = InferConfig(device="cpu", blink="off")

@@ -224,6 +224,11 @@ def degrade(video: str | os.PathLike, out: str | os.PathLike, config: DegradeCon
                av_offset_samples=np.int32(shift))
 
     # 4. pixels, encoding and audio
+    padding = None  # [H, W, 1] weight of the backdrop where the canvas reaches past the source frame
+    if config.canvas is not None:
+        inside = cv2.warpAffine(np.ones((h, w), np.float32), static[:2], (out_w, out_h), flags=cv2.INTER_LINEAR)
+        if inside.min() < 1:
+            padding = cv2.GaussianBlur(1 - inside, (0, 0), max(out_w, out_h) / 100)[..., None]
     audio = shift_audio(read_audio(video)[: int(round(n_src / fps * AUDIO_RATE))], shift)
     truth_out = truth_path(out)
     truth_out.unlink(missing_ok=True)
@@ -244,6 +249,11 @@ def degrade(video: str | os.PathLike, out: str | os.PathLike, config: DegradeCon
                 m = m.copy()
                 m[:, 2] += 0.5 * (m[:, 0] + m[:, 1]) - 0.5
                 image = cv2.warpAffine(image, m, (out_w, out_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                if padding is not None:  # repeated edge pixels are streaks: smooth them into a soft backdrop
+                    soft = cv2.resize(cv2.resize(image, (max(out_w // 128, 2), max(out_h // 128, 2)),
+                                                 interpolation=cv2.INTER_AREA), (out_w, out_h),
+                                      interpolation=cv2.INTER_LINEAR)
+                    image = (image * (1 - padding) + soft * padding + 0.5).astype(np.uint8)
                 if config.brightness_drift > 0 or config.noise > 0:
                     pixels = image.astype(np.float32)
                     if config.brightness_drift > 0:
