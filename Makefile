@@ -28,6 +28,7 @@ bench: $(STAMP) bench-deps
 	$(PY) benchmarks/corpus.py
 	$(PY) benchmarks/scale.py
 	$(PY) benchmarks/demo.py
+	$(PY) benchmarks/robustness.py
 
 # Real human speech (LibriVox, public domain) for the demo benchmark's unseen-voice figures.
 bench-deps:

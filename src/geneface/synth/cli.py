@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 
 from ..cliopts import add_config_options, config_from_args
 from ..media import read_audio
+from .degrade import DegradeConfig, degrade
 from .generator import SynthConfig, synthesize
 from .photo import load_face
 from .speech import speak
@@ -34,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="VIDEO.mp4", type=Path, required=True,
                         help="output video; the ground truth goes to VIDEO.truth.npz beside it")
     add_config_options(parser, SynthConfig, exclude=("progress",))
+    real = parser.add_argument_group("real-footage artefacts (applied after rendering, the truth follows them; "
+                                     "see geneface.synth.degrade)")
+    add_config_options(real, DegradeConfig, exclude=("seed", "crf"))
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -47,14 +52,21 @@ def run(args: argparse.Namespace) -> int:
         audio = read_audio(args.audio)
     else:
         audio = None
+    artefacts = config_from_args(DegradeConfig, args, seed=config.seed, crf=config.crf)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        truth = synthesize(args.out, face=face, audio=audio, config=config)
+        if artefacts == DegradeConfig(seed=config.seed, crf=config.crf):
+            truth = synthesize(args.out, face=face, audio=audio, config=config)
+        else:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=args.out.parent) as tmp:
+                synthesize(Path(tmp) / "clean.mp4", face=face, audio=audio, config=config)
+                truth = degrade(Path(tmp) / "clean.mp4", args.out, artefacts)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     with np.load(truth) as t:
         frames = len(t["mouth_open"])
-    seconds = frames / config.fps
-    print(f"wrote {args.out} ({frames} frames, {seconds:.2f} s, {config.size}x{config.size}) and {truth} "
+        width, height = (int(t["width"]), int(t["height"])) if "width" in t else (config.size, config.size)
+    print(f"wrote {args.out} ({frames} frames, {width}x{height}) and {truth} "
           f"in {time.perf_counter() - start:.1f} s")
     return 0
