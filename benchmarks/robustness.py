@@ -51,7 +51,7 @@ from geneface.constants import AUDIO_RATE, FPS
 from geneface.dataset import PersonDataset
 from geneface.errors import InputError
 from geneface.evaluate import metrics
-from geneface.fileio import read_json, read_npz
+from geneface.fileio import read_npz
 from geneface.process.pipeline import ProcessConfig, process
 from geneface.synth import SynthConfig, prepare, speak, synthesize
 from geneface.synth.degrade import DegradeConfig, degrade, truth_at
@@ -222,7 +222,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     machine = common.machine_info()
     cache = common.Cache(args)
-    work = Path(args.work)
     start_all = time.perf_counter()
 
     # 1. the clean clips and the variants
