@@ -73,6 +73,9 @@ class ProcessConfig:
     """Largest crop side as a multiple of the source frame's long side. The crop is centred on the face and
     padded where it reaches past the frame's edges; above 1, tight frames keep the face at ``crop_scale`` but
     spend more of the output's pixels on padding."""
+    off_centre: float = opt(0.05, min=0.0, max=0.5)
+    """Largest shift of the crop off the face's centre, as a fraction of its side, that keeps it inside the
+    frame; a crop that still crosses the frame's edge is padded there (0: always centred)."""
     pose_smoothing: float = opt(1.5, min=0.0, max=100.0)
     """Gaussian smoothing of the head pose in time, sigma in frames (0 = off)."""
     max_missing: float = opt(0.5, min=0.0, max=1.0)
@@ -250,8 +253,9 @@ def detect_face(video: Path, config: ProcessConfig, progress: bool = True) -> Fa
     # the face centred, even where that crosses the frame's edge (`crop_frame` pads), at ``crop_scale`` unless
     # the frame is too tight for it: no larger than ``max_crop`` times its long side (padding costs resolution)
     side = max(int(round(min(config.crop_scale * max(bw, bh), config.max_crop * max(w, h)))), 16)
-    x0 = int(round(cx - side / 2))
-    y0 = int(round(cy - side / 2))
+    slack = config.off_centre * side
+    x0 = int(round(_shift_inside(cx - side / 2, side, w, slack)))
+    y0 = int(round(_shift_inside(cy - side / 2, side, h, slack)))
     several = int((np.asarray(counts) > 1).sum())
     notes = [f"note: several faces in {several} frames; following the largest consistent one"] if several else []
     box = valid_box(np.array([x0, y0, side]), (h, w), side)
@@ -521,6 +525,7 @@ def process(video: str | Path, out: str | Path, config: ProcessConfig = ProcessC
     info = check_source(video, config.audio)
     key = {"source_sha256": _sha256(video), "size": config.size, "fps": float(FPS),
            "focal_scale": config.focal_scale, "crop_scale": config.crop_scale, "max_crop": config.max_crop,
+           "off_centre": config.off_centre,
            "pose_smoothing": config.pose_smoothing,
            "audio_sha256": _sha256(config.audio) if config.audio is not None else None}
     if out.exists() and not out.is_dir():
@@ -594,6 +599,16 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _shift_inside(start: float, side: float, extent: int, slack: float) -> float:
+    """The crop's start along one axis moved by at most ``slack`` towards the inside of [0, extent) (a crop
+    larger than the frame stays centred)."""
+    if side > extent:
+        return start
+    if start < 0:
+        return min(0.0, start + slack)
+    return max(extent - side, start - slack) if start + side > extent else start
 
 
 def _follow_largest(boxes: list[np.ndarray]) -> np.ndarray:
