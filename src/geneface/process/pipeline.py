@@ -524,10 +524,12 @@ def process(video: str | Path, out: str | Path, config: ProcessConfig = ProcessC
     video, out = Path(video), Path(out)
     info = check_source(video, config.audio)
     key = {"source_sha256": _sha256(video), "size": config.size, "fps": float(FPS),
-           "focal_scale": config.focal_scale, "crop_scale": config.crop_scale, "max_crop": config.max_crop,
-           "off_centre": config.off_centre,
+           "focal_scale": config.focal_scale, "crop_scale": config.crop_scale,
            "pose_smoothing": config.pose_smoothing,
            "audio_sha256": _sha256(config.audio) if config.audio is not None else None}
+    for name in ("max_crop", "off_centre"):  # at their defaults, folders of earlier versions still resume
+        if getattr(config, name) != getattr(ProcessConfig, name):
+            key[name] = getattr(config, name)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file, not a folder")
     if out.exists():
