@@ -315,7 +315,7 @@ def test_large_and_portrait_frames(tmp_path, synthetic_clip, capsys, shape):
     ds = PersonDataset(tmp_path / "o")
     assert ds.num_frames == 15 and ds.landmarks["found"].all()
     x0, y0, side = ds.meta["crop"]
-    assert x0 >= 0 and y0 >= 0 and x0 + side <= w and y0 + side <= h
+    assert side <= max(h, w) and ds.valid_mask().any()  # the crop may reach past the edges: test_framing.py
 
 
 def test_fps_other_than_25_is_refused(tmp_path, synthetic_clip, capsys):

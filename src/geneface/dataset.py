@@ -108,6 +108,21 @@ class PersonDataset:
         """Static background [size, size, 3] uint8 RGB."""
         return _read_image(self.root / "background.png")[..., ::-1].copy()
 
+    @property
+    def valid_box(self) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1), half-open: the frames' real pixels; outside it the crop reached past the source
+        frame and holds padding (its edges replicated), which no loss or metric may see. The whole frame for
+        datasets written before padding existed."""
+        box = self.meta.get("valid_box")
+        return tuple(int(v) for v in box) if box is not None else (0, 0, self.size, self.size)
+
+    def valid_mask(self) -> np.ndarray:
+        """[size, size] bool: True on the real pixels, False on the padding (``valid.png``, `valid_box`)."""
+        path = self.root / "valid.png"
+        if not path.exists() and "valid_box" not in self.meta:
+            return np.ones((self.size, self.size), bool)
+        return _read_image(path, cv2.IMREAD_GRAYSCALE) > 127
+
 
 def _read_image(path: Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
     image = cv2.imread(str(path), flags)

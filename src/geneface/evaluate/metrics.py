@@ -26,24 +26,34 @@ def _unit(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float64) / 255.0 if images.dtype == np.uint8 else images.astype(np.float64)
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """Per-image PSNR [N] in dB of images a, b [N, H, W, 3] (uint8 or float in [0, 1]), capped at `MAX_PSNR`.
 
-    ``10 log10(1 / mean((a - b)^2))`` over the pixels and channels of each image.
+    ``10 log10(1 / mean((a - b)^2))`` over the pixels and channels of each image; with ``mask`` [H, W] bool,
+    over the pixels where it is True only (a dataset's real pixels: `PersonDataset.valid_mask`).
     """
-    mse = ((_unit(a) - _unit(b)) ** 2).reshape(len(a), -1).mean(1)
+    err = (_unit(a) - _unit(b)) ** 2
+    if mask is not None:
+        err = err[:, np.asarray(mask, bool)]  # [N, P, 3]
+    mse = err.reshape(len(a), -1).mean(1)
     with np.errstate(divide="ignore"):
         value = 10.0 * np.log10(1.0 / mse)
     return np.minimum(value, MAX_PSNR)
 
 
-def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def ssim(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """Per-image SSIM [N] in (-1, 1] (1 = identical) of images a, b [N, H, W, 3], with scikit-image's
-    ``structural_similarity`` (7x7 window, colour channels averaged)."""
+    ``structural_similarity`` (7x7 window, colour channels averaged); with ``mask`` [H, W] bool, the SSIM map
+    is averaged over the pixels whose whole window lies where it is True."""
     from skimage.metrics import structural_similarity
 
     a, b = _unit(a), _unit(b)
-    return np.array([structural_similarity(x, y, channel_axis=2, data_range=1.0) for x, y in zip(a, b)])
+    if mask is None:
+        return np.array([structural_similarity(x, y, channel_axis=2, data_range=1.0) for x, y in zip(a, b)])
+    inner = cv2.erode(np.asarray(mask, np.uint8), np.ones((7, 7), np.uint8), borderType=cv2.BORDER_REPLICATE) > 0
+    inner = inner if inner.any() else np.asarray(mask, bool)
+    maps = [structural_similarity(x, y, channel_axis=2, data_range=1.0, full=True)[1] for x, y in zip(a, b)]
+    return np.array([m.mean(-1)[inner].mean() for m in maps])
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float | None:

@@ -15,7 +15,8 @@ section and named in ``skipped`` (``"section.metric": reason``); every number pr
       fps, seconds  video frame rate, length of the evaluated clip (s)
       image_size    side of the rendered and compared frames (the renderer's training size, px)
       dataset_size  side of the dataset frames (px; the unit of the lmd_*_px metrics)
-      reconstruction, audio_driven:       rendered against the dataset frames
+      reconstruction, audio_driven:       rendered against the dataset frames, on their real pixels (never the
+                                          padding of a crop past the source frame: `PersonDataset.valid_box`)
         psnr (dB), ssim (-1..1], lpips (0 = identical), fid (from 50 frames on; biased below ~2048: see notes),
         lmd_mouth_px, lmd_face_px         MediaPipe mesh of the render vs the dataset mesh, 68-point layout,
                                           mean 2-D distance in dataset pixels
@@ -75,6 +76,7 @@ from ..motion import mouth_opening
 from ..motion.data import load_dataset_clips
 from ..motion.model import check_audio
 from ..render import PersonRenderer
+from ..render.model import valid_pixels
 from . import metrics, plots
 from .fid import load_inception
 
@@ -201,10 +203,14 @@ def _sync(report: _Report, section: dict, prefix: str, suffix: str, model, featu
 
 
 def _image_metrics(report: _Report, name: str, renders: np.ndarray, truth: np.ndarray, true_mesh: np.ndarray,
-                   dataset_size: int, lpips_net, device, progress: bool) -> tuple[dict, dict]:
-    """psnr, ssim, lpips and LMD of renders against truth [N, S, S, 3]; (section, per-frame arrays)."""
+                   dataset_size: int, lpips_net, device, progress: bool, valid: np.ndarray) -> tuple[dict, dict]:
+    """psnr, ssim, lpips and LMD of renders against truth [N, S, S, 3] on the real pixels ``valid`` [S, S]
+    (the padding of the dataset's crop is never scored: LPIPS sees the truth there); (section, per-frame
+    arrays)."""
     section: dict[str, Any] = {}
-    per_frame: dict[str, np.ndarray] = {"psnr": metrics.psnr(renders, truth), "ssim": metrics.ssim(renders, truth)}
+    per_frame: dict[str, np.ndarray] = {"psnr": metrics.psnr(renders, truth, valid),
+                                        "ssim": metrics.ssim(renders, truth, valid)}
+    renders = np.where(valid[None, :, :, None], renders, truth)
     report.put(section, f"validation.{name}.psnr", "psnr", float(per_frame["psnr"].mean()))
     report.put(section, f"validation.{name}.ssim", "ssim", float(per_frame["ssim"].mean()))
     if lpips_net is not None:
@@ -289,23 +295,27 @@ def evaluate(person_dir: str | os.PathLike, audio_paths: list[str | os.PathLike]
         if data.size != size:
             background = cv2.resize(background, (size, size), interpolation=cv2.INTER_AREA)
 
-        # 5. image metrics
+        # 5. image metrics, on the real pixels (not the padding of a crop past the source frame)
+        x0, y0, x1, y1 = valid_pixels([v / data.size for v in data.valid_box], size)
+        valid = np.zeros((size, size), bool)
+        valid[y0:y1, x0:x1] = True
         true_mesh = data.landmarks["mesh"][idx]
         sections, per_frame = {}, {}
         for name, frames in (("reconstruction", recon), ("audio_driven", driven)):
             sections[name], per_frame[name] = _image_metrics(report, name, frames, gt, true_mesh, data.size, lpips_net,
-                                                             device, config.progress)
+                                                             device, config.progress, valid)
             if lpips_net is None:
                 report.skipped[f"validation.{name}.lpips"] = why_lpips
         bg_stack = np.broadcast_to(background, gt.shape)
         bg_section: dict[str, Any] = {}
-        report.put(bg_section, "validation.background.psnr", "psnr", float(metrics.psnr(bg_stack, gt).mean()))
-        report.put(bg_section, "validation.background.ssim", "ssim", float(metrics.ssim(bg_stack, gt).mean()))
+        report.put(bg_section, "validation.background.psnr", "psnr", float(metrics.psnr(bg_stack, gt, valid).mean()))
+        report.put(bg_section, "validation.background.ssim", "ssim", float(metrics.ssim(bg_stack, gt, valid).mean()))
         if inception is not None:
             feats_gt = metrics.inception_features(inception, gt, device)
             for name, frames in (("reconstruction", recon), ("audio_driven", driven)):
                 try:
-                    value = metrics.fid_score(metrics.inception_features(inception, frames, device), feats_gt)
+                    real = np.where(valid[None, :, :, None], frames, gt)  # the truth on the padding
+                    value = metrics.fid_score(metrics.inception_features(inception, real, device), feats_gt)
                 except ValueError as e:  # e.g. covariances too singular on few frames
                     report.skipped[f"validation.{name}.fid"] = f"cannot be computed on {count} frames ({e})"
                     continue

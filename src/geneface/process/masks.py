@@ -23,11 +23,13 @@ def head_hull(mesh: np.ndarray, hair: float = 1.35) -> np.ndarray:
     return oval
 
 
-def parse(person: np.ndarray, mesh: np.ndarray) -> np.ndarray:
+def parse(person: np.ndarray, mesh: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
     """Labels [H, W] uint8 (0 background, 1 head, 2 torso) from a person mask [H, W] bool and the mesh.
 
     Head: the person's pixels above the jaw line (the oval's lower contour, extended sideways at ear
     height) within about a head width of the face, plus the face hull itself. Torso: the rest of the person.
+    ``valid`` [H, W] bool: the real pixels of a padded crop; padding is labelled 0 (it is never trained on:
+    `geneface.dataset.PersonDataset.valid_mask` tells it apart from the background).
     """
     h, w = person.shape
     oval = mesh[face.FACE_OVAL, :2].astype(np.float64)
@@ -46,17 +48,27 @@ def parse(person: np.ndarray, mesh: np.ndarray) -> np.ndarray:
     labels = np.zeros((h, w), np.uint8)
     labels[person] = TORSO
     labels[(person & above) | (hull > 0)] = HEAD
+    if valid is not None:
+        labels[~valid] = BACKGROUND
     return labels
 
 
-def estimate_background(frames: np.ndarray, person: np.ndarray, margin: int) -> tuple[np.ndarray, np.ndarray]:
+def estimate_background(frames: np.ndarray, person: np.ndarray, margin: int,
+                        valid: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Static background from frames [N, H, W, 3] uint8 and person masks [N, H, W] bool.
 
     Each pixel is the median over the frames where no person (dilated by ``margin`` px) covers it;
-    pixels always covered are inpainted. Returns the image [H, W, 3] uint8 and the covered mask [H, W].
+    pixels always covered are inpainted. ``valid`` (x0, y0, x1, y1): the real pixels of padded frames; the
+    padding is unknown (never a sample) and is filled by replicating the edges of the real part, as the
+    frames' own padding is. Returns the image [H, W, 3] uint8 and the never-seen mask [H, W] (padding included).
     """
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1))
     covered = np.stack([cv2.dilate(m.astype(np.uint8), kernel) > 0 for m in person])
+    h, w = person.shape[1:]
+    x0, y0, x1, y1 = valid if valid is not None else (0, 0, w, h)
+    padding = np.ones((h, w), bool)
+    padding[y0:y1, x0:x1] = False
+    covered |= padding
     background = np.empty(frames.shape[1:], np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels: handled below
@@ -65,6 +77,9 @@ def estimate_background(frames: np.ndarray, person: np.ndarray, margin: int) -> 
             background[y:y + 32] = np.nanmedian(block, axis=0)
     never = np.isnan(background[..., 0])
     background = np.nan_to_num(background).round().astype(np.uint8)
-    if never.any():
-        background = cv2.inpaint(background, never.astype(np.uint8), 5, cv2.INPAINT_TELEA)
-    return background, never
+    inner = np.ascontiguousarray(background[y0:y1, x0:x1])
+    if never[y0:y1, x0:x1].any():
+        inner = cv2.inpaint(inner, never[y0:y1, x0:x1].astype(np.uint8), 5, cv2.INPAINT_TELEA)
+    if padding.any():
+        inner = cv2.copyMakeBorder(inner, y0, h - y1, x0, w - x1, cv2.BORDER_REPLICATE)
+    return inner, never

@@ -71,6 +71,13 @@ class ProcessConfig:
     """Focal length of the assumed pinhole camera, as a multiple of ``size``."""
     crop_scale: float = opt(2.6, min=1.0, max=10.0)
     """Side of the square crop over the detected face-box width."""
+    max_crop: float = opt(1.0, min=0.1, max=10.0)
+    """Largest crop side as a multiple of the source frame's long side. The crop is centred on the face and
+    padded where it reaches past the frame's edges; above 1, tight frames keep the face at ``crop_scale`` but
+    spend more of the output's pixels on padding."""
+    off_centre: float = opt(0.05, min=0.0, max=0.5)
+    """Largest shift of the crop off the face's centre, as a fraction of its side, that keeps it inside the
+    frame; a crop that still crosses the frame's edge is padded there (0: always centred)."""
     pose_smoothing: float = opt(1.5, min=0.0, max=100.0)
     """Gaussian smoothing of the head pose in time, sigma in frames (0 = off)."""
     max_missing: float = opt(0.5, min=0.0, max=1.0)
@@ -114,7 +121,8 @@ class FaceCrop:
     counts: np.ndarray
     """[T] int: faces detected in each frame."""
     crop: np.ndarray
-    """[3] int (x0, y0, side): the square crop in source pixels."""
+    """[3] int (x0, y0, side): the square crop in source pixels; it may reach past the frame's edges (the
+    face stays centred at its scale), and what lies outside is padding (`crop_frame`, `valid_box`)."""
     source_shape: tuple[int, int]
     """(height, width) of the source frames."""
     notes: list[str] = field(default_factory=list)
@@ -123,6 +131,41 @@ class FaceCrop:
     @property
     def num_frames(self) -> int:
         return len(self.boxes)
+
+
+def crop_frame(rgb: np.ndarray, crop: np.ndarray) -> np.ndarray:
+    """The square ``crop`` = (x0, y0, side) of a frame [H, W, 3], [side, side, 3]; the part outside the frame is
+    padded by replicating its edge pixels (the face tracker and the person segmenter take that far better than
+    a constant colour, and it hides no edge for a network to learn)."""
+    x0, y0, side = (int(v) for v in crop)
+    h, w = rgb.shape[:2]
+    a, b = max(0, x0), max(0, y0)
+    inner = rgb[b:min(h, y0 + side), a:min(w, x0 + side)]
+    if inner.size == 0:
+        raise InputError(f"the crop {[x0, y0, side]} misses the {w}x{h} frame")
+    pads = (b - y0, y0 + side - b - inner.shape[0], a - x0, x0 + side - a - inner.shape[1])  # top, bottom, left, right
+    return cv2.copyMakeBorder(inner, *pads, cv2.BORDER_REPLICATE) if any(pads) else inner
+
+
+def valid_box(crop: np.ndarray, source_shape: tuple[int, int], size: int) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1): the pixels of the ``size`` x ``size`` resized crop whose whole footprint lies inside
+    the source frame of ``source_shape`` (height, width); the rest is padding. Half-open, never empty."""
+    cx, cy, side = (float(v) for v in crop)
+    h, w = source_shape
+    f = size / side  # output pixels per source pixel
+    x0, y0 = int(np.ceil(max(0.0, -cx * f) - 1e-6)), int(np.ceil(max(0.0, -cy * f) - 1e-6))
+    x1 = int(np.floor(min(float(size), (w - cx) * f) + 1e-6))
+    y1 = int(np.floor(min(float(size), (h - cy) * f) + 1e-6))
+    x1, y1 = max(x1, min(x0 + 1, size)), max(y1, min(y0 + 1, size))
+    return min(x0, size - 1), min(y0, size - 1), x1, y1
+
+
+def valid_mask(box: tuple[int, int, int, int], size: int) -> np.ndarray:
+    """[size, size] bool: True inside ``box`` (x0, y0, x1, y1), the real pixels of a crop (`valid_box`)."""
+    x0, y0, x1, y1 = box
+    mask = np.zeros((size, size), bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
 
 
 @dataclass
@@ -214,21 +257,29 @@ def detect_face(video: Path, config: ProcessConfig, progress: bool = True) -> Fa
     bh = np.median(good[:, 3] - good[:, 1])
     cx = np.median((good[:, 0] + good[:, 2]) / 2)
     cy = np.median((good[:, 1] + good[:, 3]) / 2) + 0.25 * bh
-    side = int(round(min(config.crop_scale * max(bw, bh), w, h)))
-    x0 = int(round(np.clip(cx - side / 2, 0, w - side)))
-    y0 = int(round(np.clip(cy - side / 2, 0, h - side)))
+    # the face centred, even where that crosses the frame's edge (`crop_frame` pads), at ``crop_scale`` unless
+    # the frame is too tight for it: no larger than ``max_crop`` times its long side (padding costs resolution)
+    side = max(int(round(min(config.crop_scale * max(bw, bh), config.max_crop * max(w, h)))), 16)
+    slack = config.off_centre * side
+    x0 = int(round(_shift_inside(cx - side / 2, side, w, slack)))
+    y0 = int(round(_shift_inside(cy - side / 2, side, h, slack)))
     several = int((np.asarray(counts) > 1).sum())
     notes = [f"note: several faces in {several} frames; following the largest consistent one"] if several else []
+    box = valid_box(np.array([x0, y0, side]), (h, w), side)
+    padded = 1 - (box[2] - box[0]) * (box[3] - box[1]) / side ** 2
+    if padded > 0.005:
+        notes.append(f"note: the face is near the frame's edge or fills it; {100 * padded:.0f}% of the crop lies "
+                     f"outside the frame and is padded (never trained on)")
     return FaceCrop(chosen.astype(np.float32), np.asarray(counts), np.array([x0, y0, side]), (h, w), notes)
 
 
 def track_mesh(video: Path, crop: np.ndarray, num_frames: int, config: ProcessConfig,
                frames_dir: Path | None = None, progress: bool = True) -> MeshTrack:
-    """Crop ``crop`` = (x0, y0, side) out of the first ``num_frames`` frames of ``video``, resize it to
-    ``config.size`` and track the 478-point mesh on it (at ``config.track_side`` px at least); frames without a
+    """Crop ``crop`` = (x0, y0, side) out of the first ``num_frames`` frames of ``video`` (padded past the
+    frame's edges: `crop_frame`), resize it to ``config.size`` and track the 478-point mesh on it (at ``config.track_side`` px at least); frames without a
     face are interpolated. With ``frames_dir``, each cropped frame is also written there as ``000000.jpg``, ...
     Raises ``NoFaceError`` when more than ``config.max_missing`` of the frames have no mesh."""
-    x0, y0, side = (int(v) for v in crop)
+    side = int(crop[2])
     t = num_frames
     size = config.size
     track = max(size, config.track_side)
@@ -240,7 +291,7 @@ def track_mesh(video: Path, crop: np.ndarray, num_frames: int, config: ProcessCo
                                      leave=False, disable=not progress)):
             if i >= t:
                 break
-            cropped = rgb[y0:y0 + side, x0:x0 + side]
+            cropped = crop_frame(rgb, crop)  # padded where the crop reaches past the frame
             interp = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
             out = cv2.resize(cropped, (size, size), interpolation=interp)
             if frames_dir is not None and not cv2.imwrite(str(frames_dir / f"{i:06d}.jpg"), out[..., ::-1],
@@ -392,6 +443,12 @@ class Context:
     def num_frames(self) -> int:
         return int(self.npz("detect.npz")["num_frames"])
 
+    @property
+    def valid_box(self) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1) of the real (not padded) pixels of the output frames (`valid_box`)."""
+        det = self.npz("detect.npz")
+        return valid_box(det["crop"], tuple(det["source_shape"]), self.config.size)
+
 
 def step_detect(ctx: Context) -> None:
     """Find the face in every frame (the largest one that stays consistent) and fix a square crop."""
@@ -405,6 +462,8 @@ def step_detect(ctx: Context) -> None:
 def step_track(ctx: Context) -> None:
     """Crop and resize every frame, write it as JPEG, and track the 478-point mesh on it."""
     det = ctx.npz("detect.npz")
+    with atomic_path(ctx.out / "valid.png") as tmp:
+        cv2.imwrite(str(tmp), valid_mask(ctx.valid_box, ctx.config.size).astype(np.uint8) * 255)
     with atomic_dir(ctx.out / "frames") as tmp:
         tracked = track_mesh(ctx.video, det["crop"], int(det["num_frames"]), ctx.config, frames_dir=tmp)
         _log_notes(tracked.notes)
@@ -422,11 +481,12 @@ def step_pose(ctx: Context) -> None:
 def step_masks(ctx: Context) -> None:
     """Person mask (MediaPipe selfie segmentation) split into head and torso with the mesh."""
     mesh = ctx.npz("landmarks.npz")["mesh"]
+    valid = valid_mask(ctx.valid_box, ctx.config.size)
     with atomic_dir(ctx.out / "parsing") as tmp, face.selfie_segmenter() as segment:
         for i in tqdm(range(len(mesh)), desc="masks", unit="frame", leave=False):
             rgb = cv2.imread(str(ctx.out / "frames" / f"{i:06d}.jpg"))[..., ::-1]
             person = segment(rgb) > 0.5
-            cv2.imwrite(str(tmp / f"{i:06d}.png"), masks_mod.parse(person, mesh[i]))
+            cv2.imwrite(str(tmp / f"{i:06d}.png"), masks_mod.parse(person, mesh[i], valid))
 
 
 def step_background(ctx: Context) -> None:
@@ -436,10 +496,12 @@ def step_background(ctx: Context) -> None:
     frames = np.stack([cv2.imread(str(ctx.out / "frames" / f"{i:06d}.jpg"))[..., ::-1] for i in pick])
     person = np.stack([cv2.imread(str(ctx.out / "parsing" / f"{i:06d}.png"), cv2.IMREAD_UNCHANGED) > 0
                        for i in pick])
-    image, never = masks_mod.estimate_background(frames, person, margin=max(2, ctx.config.size // 64))
+    box = ctx.valid_box
+    image, never = masks_mod.estimate_background(frames, person, margin=max(2, ctx.config.size // 64), valid=box)
     with atomic_path(ctx.out / "background.png") as tmp:
         cv2.imwrite(str(tmp), image[..., ::-1])
-    ctx.info["background_inpainted"] = float(never.mean())
+    valid = valid_mask(box, ctx.config.size)
+    ctx.info["background_inpainted"] = round(float(never[valid].mean()), 4)  # of the real pixels
 
 
 def step_audio(ctx: Context) -> None:
@@ -463,7 +525,7 @@ def step_features(ctx: Context) -> None:
 
 STEPS: list[tuple[str, Callable[[Context], None], Callable[[Context], list[Path]]]] = [
     ("detect", step_detect, lambda c: [c.out / "detect.npz"]),
-    ("track", step_track, lambda c: [c.out / "frames", c.out / "landmarks.npz"]),
+    ("track", step_track, lambda c: [c.out / "valid.png", c.out / "frames", c.out / "landmarks.npz"]),
     ("pose", step_pose, lambda c: [c.out / "pose.npz", c.out / "motion.npz"]),
     ("masks", step_masks, lambda c: [c.out / "parsing"]),
     ("background", step_background, lambda c: [c.out / "background.png"]),
@@ -483,6 +545,9 @@ def process(video: str | Path, out: str | Path, config: ProcessConfig = ProcessC
            "pose_smoothing": config.pose_smoothing,
            "audio_sha256": _sha256(config.audio) if config.audio is not None else None,
            "av_offset": config.av_offset}
+    for name in ("max_crop", "off_centre"):  # at their defaults, folders of earlier versions still resume
+        if getattr(config, name) != getattr(ProcessConfig, name):
+            key[name] = getattr(config, name)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file, not a folder")
     if out.exists():
@@ -556,6 +621,16 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _shift_inside(start: float, side: float, extent: int, slack: float) -> float:
+    """The crop's start along one axis moved by at most ``slack`` towards the inside of [0, extent) (a crop
+    larger than the frame stays centred)."""
+    if side > extent:
+        return start
+    if start < 0:
+        return min(0.0, start + slack)
+    return max(extent - side, start - slack) if start + side > extent else start
+
+
 def _follow_largest(boxes: list[np.ndarray]) -> np.ndarray:
     """One box per frame [T, 4] (NaN where none): start from the largest face of the clip and follow the
     box that overlaps the previous choice most, so a second face never takes over."""
@@ -616,6 +691,7 @@ def _summary(ctx: Context, done: dict, seconds: float, info: media.VideoInfo) ->
 
 def _write_meta(ctx: Context, info: media.VideoInfo, key: dict, summary: dict, av_offset: dict) -> None:
     t = ctx.num_frames
+    box = ctx.valid_box
     split = split_frame(t, ctx.config.val_fraction)
     meta = {
         "format": FORMAT,
@@ -630,6 +706,8 @@ def _write_meta(ctx: Context, info: media.VideoInfo, key: dict, summary: dict, a
                    "height": info.height, "fps": info.fps},
         "crop": [int(v) for v in ctx.npz("detect.npz")["crop"]],
         "av_offset": av_offset,
+        "valid_box": list(box),
+        "valid_fraction": round((box[2] - box[0]) * (box[3] - box[1]) / ctx.config.size ** 2, 4),
         "config": {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
                    for k, v in asdict(ctx.config).items()},
         "summary": summary,

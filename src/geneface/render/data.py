@@ -15,7 +15,7 @@ from ..dataset import PersonDataset
 from ..device import memory_errors
 from ..errors import InputError
 from .fields import REGIONS, WINDOW
-from .model import PersonGeometry, RayBatch
+from .model import PersonGeometry, RayBatch, valid_pixels
 
 
 
@@ -117,13 +117,19 @@ class RenderData:
             self.frames = torch.from_numpy(frames).to(self.device)  # [T, S, S, 3] uint8
             self.labels = torch.from_numpy(labels).to(self.device)  # [T, S, S] uint8
         self.background = torch.from_numpy(bg).to(self.device)  # [S, S, 3] uint8
+        # the real pixels (the rest is padding of a crop past the source frame: never sampled nor scored)
+        self.valid_fraction_box = [v / ds.size for v in ds.valid_box]  # (x0, y0, x1, y1) fractions of the side
+        self.valid_box = valid_pixels(self.valid_fraction_box, size)  # (x0, y0, x1, y1) pixels, half-open
+        x0, y0, x1, y1 = self.valid_box
+        self.valid = torch.zeros(size, size, dtype=torch.bool, device=self.device)  # [S, S]
+        self.valid[y0:y1, x0:x1] = True
         self.mouth_boxes = self._boxes(MOUTH_68, 0.3)  # [T, 4] x0, y0, x1, y1
         self.eye_boxes = self._boxes(EYES_68, 0.5)  # [T, 4]
         opening = eye_opening(self.landmarks_head())
         self.eye_rarity = torch.from_numpy(eye_rarity(opening, opening[self.train_idx.cpu().numpy()])
                                            .astype(np.float32)).to(self.device)  # [T] 1 at a full blink
         self.head_boxes = self._label_boxes(1, margin=max(2, size // 32))  # [T, 4]
-        self.torso_pixels = self.torso_region().reshape(-1).nonzero()[:, 0]  # flat pixel indices
+        self.torso_pixels = (self.torso_region() & self.valid).reshape(-1).nonzero()[:, 0]  # flat pixel indices
         self.surface = self._surface(pose)  # [T, V, 3] pixel x, y and camera depth of mesh vertices, or None
 
     @property
@@ -147,7 +153,9 @@ class RenderData:
         pts = self.project(self.landmarks_head()[:, points])  # [T, P, 2]
         lo, hi = pts.min(1), pts.max(1)
         pad = (hi - lo) * pad + 2
-        box = np.concatenate([lo - pad, hi + pad], 1).clip(0, self.size)
+        box = np.concatenate([lo - pad, hi + pad], 1)
+        x0, y0, x1, y1 = self.valid_box  # the real pixels only
+        box = box.clip([x0, y0, x0, y0], [x1, y1, x1, y1])
         return torch.from_numpy(box.astype(np.float32)).to(self.device)
 
     def _surface(self, pose: dict[str, np.ndarray]) -> Tensor | None:
@@ -173,9 +181,12 @@ class RenderData:
         x0 = torch.where(cols, ar, big).amin(1)
         x1 = torch.where(cols, ar, -1).amax(1) + 1
         empty = y1 <= 0
-        box = torch.stack([x0 - margin, y0 - margin, x1 + margin, y1 + margin], 1).clamp(0, self.size).float()
+        box = torch.stack([x0 - margin, y0 - margin, x1 + margin, y1 + margin], 1).float()
         box[empty] = torch.tensor([0.0, 0.0, big, big], device=self.device)
-        return box
+        vx0, vy0, vx1, vy1 = self.valid_box  # the real pixels only
+        lo = torch.tensor([vx0, vy0, vx0, vy0], device=self.device, dtype=torch.float32)
+        hi = torch.tensor([vx1, vy1, vx1, vy1], device=self.device, dtype=torch.float32)
+        return torch.maximum(torch.minimum(box, hi), lo)
 
     def geometry(self) -> PersonGeometry:
         """Head box and region boxes for the model, from the landmarks and the head silhouettes."""
@@ -197,11 +208,14 @@ class RenderData:
             region_lo.append([float(v) for v in a])
             region_hi.append([float(v) for v in b])
         return PersonGeometry(size=self.size, intrinsics=self.K.cpu().tolist(), box_lo=lo, box_hi=hi,
-                              region_lo=region_lo, region_hi=region_hi, num_frames=self.num_frames)
+                              region_lo=region_lo, region_hi=region_hi, num_frames=self.num_frames,
+                              valid_box=[float(v) for v in self.valid_fraction_box])
 
     def _silhouette_bounds(self, extent: float = 1.0, res: int = 64, views: int = 24) -> tuple[np.ndarray, np.ndarray]:
         """x, y range of the points in [-extent, extent]^2 x (z near the face) seen by some sampled view
-        and inside the (dilated) head label of every view that sees them; with a small margin."""
+        and inside the (dilated) head label of every view that sees them; with a small margin. A view sees
+        only its real pixels (`valid_box`): the head above a frame edge that cuts it in every view is left out
+        (never seen, so never learned; rendering it would only smear)."""
         g = np.linspace(-extent, extent, res)
         z = np.linspace(float(self.landmarks_head()[..., 2].min()), 0.6, 8)
         X, Y, Z = np.meshgrid(g, g, z, indexing="ij")
@@ -219,7 +233,8 @@ class RenderData:
             w2c = np.linalg.inv(c2w[i])
             cam = pts @ w2c[:3, :3].T + w2c[:3, 3]
             uv = cam[:, :2] / cam[:, 2:3] * K[[0, 1], [0, 1]] + K[:2, 2]
-            inside = (uv >= 0).all(1) & (uv < self.size).all(1)
+            x0, y0, x1, y1 = self.valid_box
+            inside = (uv[:, 0] >= x0) & (uv[:, 0] < x1) & (uv[:, 1] >= y0) & (uv[:, 1] < y1)
             ui = uv[:, 0].clip(0, self.size - 1).astype(int)
             vi = uv[:, 1].clip(0, self.size - 1).astype(int)
             keep &= ~inside | masks[i, vi, ui]
@@ -234,6 +249,9 @@ class RenderData:
         hi = np.minimum(kept[:, :2].max(0) + margin, extent)
         return lo, hi
 
+    def head_masks(self, frames: Tensor) -> Tensor:
+        return self.labels[frames] == 1
+
     def torso_region(self, dilate: int | None = None) -> Tensor:
         """Pixels [S, S] bool where the torso may appear: any training frame's torso label, dilated."""
         m = torch.zeros(self.size, self.size, dtype=torch.bool, device=self.device)
@@ -242,9 +260,6 @@ class RenderData:
         m = m.float()[None, None]
         dilate = max(2, self.size // 16) if dilate is None else dilate
         return F.max_pool2d(m, 2 * dilate + 1, stride=1, padding=dilate)[0, 0] > 0
-
-    def head_masks(self, frames: Tensor) -> Tensor:
-        return self.labels[frames] == 1
 
     # --- batches ----------------------------------------------------------------------------------
     def windows(self, frames: Tensor) -> Tensor:
@@ -266,7 +281,8 @@ class RenderData:
         eye share from the eyes' box, the rest from the head's bounding box; with ``patch`` > 0 the first
         ``patch``^2 pixels of each frame are instead a square patch (row-major) at a random place over the
         mouth box; the last ``depth_fraction`` go through tracked mesh vertices and carry their depth.
-        torso phase: frames uniformly, pixels anywhere in the torso's region.
+        torso phase: frames uniformly, pixels anywhere in the torso's region. Every pixel lies in `valid_box`
+        (padding is never sampled; a mesh vertex in the padding gives a ray without depth at the box's edge).
         """
         dev = self.device
         if phase == "head" and blink_frame_boost > 0:
@@ -293,8 +309,13 @@ class RenderData:
                     raise ValueError(f"a {patch} px patch does not fit {n} rays or a {self.size} px frame")
                 box = self.mouth_boxes[frames]
                 r0 = torch.rand(num_frames, 2, device=dev, generator=generator)
-                lo = torch.minimum(box[:, :2], box[:, 2:] - patch).clamp(0, self.size - patch)
-                hi = torch.maximum(box[:, :2], box[:, 2:] - patch).clamp(0, self.size - patch)
+                vx0, vy0, vx1, vy1 = self.valid_box
+                if patch > min(vx1 - vx0, vy1 - vy0):
+                    raise ValueError(f"a {patch} px patch does not fit the frame's {vx1 - vx0}x{vy1 - vy0} real pixels")
+                v_lo = torch.tensor([vx0, vy0], device=dev, dtype=torch.float32)
+                v_hi = torch.tensor([vx1 - patch, vy1 - patch], device=dev, dtype=torch.float32)
+                lo = torch.minimum(torch.maximum(torch.minimum(box[:, :2], box[:, 2:] - patch), v_lo), v_hi)
+                hi = torch.minimum(torch.maximum(torch.maximum(box[:, :2], box[:, 2:] - patch), v_lo), v_hi)
                 corner = (lo + r0 * (hi - lo)).floor()  # [B, 2]
                 g = torch.arange(patch, device=dev, dtype=torch.float32)
                 gv, gu = torch.meshgrid(g, g, indexing="ij")
@@ -315,10 +336,12 @@ class RenderData:
             u = torch.cat([u[:, :n - n_depth], s[..., 0]], 1)
             v = torch.cat([v[:, :n - n_depth], s[..., 1]], 1)
             depth = torch.cat([torch.full((num_frames, n - n_depth), float("nan"), device=dev), s[..., 2]], 1)
-            outside = (u < 0) | (u >= self.size) | (v < 0) | (v >= self.size)
+            x0, y0, x1, y1 = self.valid_box
+            outside = (u < x0) | (u >= x1) | (v < y0) | (v >= y1)
             depth = torch.where(outside, float("nan"), depth).reshape(-1)
-        u = u.floor().clamp(0, self.size - 1)
-        v = v.floor().clamp(0, self.size - 1)
+        x0, y0, x1, y1 = self.valid_box
+        u = u.floor().clamp(x0, x1 - 1)
+        v = v.floor().clamp(y0, y1 - 1)
         ray_frame = torch.arange(num_frames, device=dev).repeat_interleave(n)
         ui, vi = u.reshape(-1).long(), v.reshape(-1).long()
         fi = frames[ray_frame]

@@ -3,6 +3,7 @@ ray marcher, the full-frame renderer and the training losses of both phases."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -77,6 +78,30 @@ class PersonGeometry:
     """[R, 3] upper corners."""
     num_frames: int = 1
     """Frames in the training clip (one appearance code each)."""
+    valid_box: list[float] = field(default_factory=lambda: [0.0, 0.0, 1.0, 1.0])
+    """(x0, y0, x1, y1) of the frames' real pixels, in fractions of the side: outside it the dataset's crop
+    reached past the source frame (padding, never trained on), and rendered frames replicate the edges of
+    this box there, as the dataset's frames do (`valid_pixels`)."""
+
+
+def valid_pixels(box: list[float] | tuple[float, ...], size: int) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) half-open pixel range of a ``size`` image whose pixels lie wholly inside ``box``
+    (fractions of the side, `PersonGeometry.valid_box`); never empty."""
+    x0, y0 = (min(size - 1, math.ceil(v * size - 1e-4)) for v in box[:2])
+    x1, y1 = (math.floor(v * size + 1e-4) for v in box[2:])
+    return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
+
+
+def replicate_edges(image: Tensor, box: tuple[int, int, int, int]) -> Tensor:
+    """``image`` [B, H, W, ...] with the pixels outside ``box`` (x0, y0, x1, y1) replaced by the nearest pixel
+    inside it (as `cv2.BORDER_REPLICATE` pads)."""
+    x0, y0, x1, y1 = box
+    h, w = image.shape[1:3]
+    if (x0, y0, x1, y1) == (0, 0, w, h):
+        return image
+    rows = torch.arange(h, device=image.device).clamp(y0, y1 - 1)
+    cols = torch.arange(w, device=image.device).clamp(x0, x1 - 1)
+    return image[:, rows][:, :, cols]
 
 
 @dataclass
@@ -345,9 +370,10 @@ class RenderModel(Savable, nn.Module):
         r = self.grid.resolution
         visible = torch.zeros(r ** 3, dtype=torch.bool, device=self.K.device)
         zero = torch.zeros(1, self.config.code_dim, device=self.K.device)
+        x0, y0, x1, y1 = valid_pixels(self.geometry.valid_box, self.size)  # padding sees nothing
         for i in range(c2w.shape[0]):
             o, d = image_rays(c2w[i:i + 1], self.K, self.size, self.size)
-            o, d = o.reshape(-1, 3), d.reshape(-1, 3)
+            o, d = o[0, y0:y1, x0:x1].reshape(-1, 3), d[0, y0:y1, x0:x1].reshape(-1, 3)
             cond = self.condition(windows[i:i + 1])
             frame = torch.zeros(o.shape[0], dtype=torch.long, device=o.device)
             for j in range(0, o.shape[0], chunk):
@@ -391,7 +417,8 @@ class RenderModel(Savable, nn.Module):
     def render_images(self, c2w: Tensor, window: Tensor, size: int | None = None, parts: str = "full",
                       chunk: int = 1 << 16) -> RenderOutput:
         """Render B frames: c2w [B, 4, 4], window [B, 5, 68, 3] (or [B, 68, 3]) -> `RenderOutput` at
-        ``size`` (default: the training size); ``parts``: full, person (head + torso) or head."""
+        ``size`` (default: the training size); ``parts``: full, person (head + torso) or head. Only the pixels
+        of `PersonGeometry.valid_box` are rendered; the padding around them replicates their edges."""
         if parts not in PARTS:
             raise ValueError(f"parts must be one of {PARTS}, got {parts!r}")
         size = int(size or self.size)
@@ -406,8 +433,11 @@ class RenderModel(Savable, nn.Module):
         o, d = o.reshape(-1, 3), d.reshape(-1, 3)
         n = o.shape[0]
         ray_frame = torch.arange(b, device=dev).repeat_interleave(size * size)
-        # only the rays that may meet an occupied cell
-        rays = self.grid.footprint(c2w, K, size).reshape(-1).nonzero()[:, 0]
+        # only the rays that may meet an occupied cell, in the real part of the frame
+        box = valid_pixels(self.geometry.valid_box, size)
+        real = torch.zeros(size, size, dtype=torch.bool, device=dev)
+        real[box[1]:box[3], box[0]:box[2]] = True
+        rays = (self.grid.footprint(c2w, K, size) & real).reshape(-1).nonzero()[:, 0]
         h_rgb = torch.zeros(n, 3, device=dev)
         h_alpha = torch.zeros(n, device=dev)
         h_depth = torch.zeros(n, device=dev)
@@ -423,7 +453,7 @@ class RenderModel(Savable, nn.Module):
             u, v = u.reshape(-1).repeat(b), v.reshape(-1).repeat(b)
             # not behind the opaque head (where the torso would change a pixel by less than HIDDEN)
             t_rgb, t_alpha = self.render_torso(u, v, size, self.pose_features(c2w), ray_frame, zero,
-                                               where=h_alpha < 1 - HIDDEN)
+                                               where=(h_alpha < 1 - HIDDEN) & real.reshape(-1).repeat(b))
             if parts == "full":
                 bg = self.background_at(size).reshape(-1, 3).repeat(b, 1)
                 rgb = over(h_rgb, h_alpha, over(t_rgb * t_alpha[:, None], t_alpha, bg))
@@ -432,8 +462,10 @@ class RenderModel(Savable, nn.Module):
                 rgb = over(h_rgb, h_alpha, t_rgb * t_alpha[:, None])
                 alpha = h_alpha + (1 - h_alpha) * t_alpha
         shape = (b, size, size)
-        return RenderOutput(rgb.reshape(*shape, 3).clamp(0, 1), alpha.reshape(shape), h_depth.reshape(shape),
-                            h_alpha.reshape(shape), h_rgb.reshape(*shape, 3).clamp(0, 1))
+        fill = lambda x: replicate_edges(x, box)  # noqa: E731
+        return RenderOutput(fill(rgb.reshape(*shape, 3).clamp(0, 1)), fill(alpha.reshape(shape)),
+                            fill(h_depth.reshape(shape)), fill(h_alpha.reshape(shape)),
+                            fill(h_rgb.reshape(*shape, 3).clamp(0, 1)))
 
     # --- losses ----------------------------------------------------------------------------------
     def head_loss_dict(self, batch: RayBatch, alpha_weight: float = 0.05, code_weight: float = 1e-3,

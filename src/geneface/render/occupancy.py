@@ -95,14 +95,17 @@ class OccupancyGrid(nn.Module):
         return self.lo + ijk * (self.hi - self.lo)
 
     @torch.no_grad()
-    def carve(self, c2w: Tensor, K: Tensor, masks: Tensor, dilate: int = 2) -> None:
+    def carve(self, c2w: Tensor, K: Tensor, masks: Tensor, dilate: int = 2, valid: Tensor | None = None) -> None:
         """Keep only cells whose centre projects inside ``masks`` in every view (outside the image counts
-        as inside). c2w [F, 4, 4], K [3, 3], masks [F, H, W] bool."""
+        as inside, and so do pixels outside ``valid`` [H, W] bool, the padding of a crop past the frame's
+        edge: unknown, not empty). c2w [F, 4, 4], K [3, 3], masks [F, H, W] bool."""
         h, w = masks.shape[-2:]
         m = masks.float().unsqueeze(1)
         if dilate > 0:
             m = F.max_pool2d(m, 2 * dilate + 1, stride=1, padding=dilate)
         m = m[:, 0] > 0
+        if valid is not None:
+            m = m | ~valid.to(m.device)
         x = self.cell_centres()
         keep = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         w2c = torch.linalg.inv(c2w)

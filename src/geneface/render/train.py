@@ -151,7 +151,7 @@ class RenderTrainer:
         model = RenderModel(self.config.model, d.geometry()).to(self.device)
         model.set_person(d.background, d.torso_region(), d.c2w[d.train_idx], d.offsets[d.train_idx])
         views = d.train_idx[torch.linspace(0, len(d.train_idx) - 1, min(32, len(d.train_idx))).round().long()]
-        model.grid.carve(d.c2w[views], d.K, d.head_masks(views), dilate=max(1, d.size // 64))
+        model.grid.carve(d.c2w[views], d.K, d.head_masks(views), dilate=max(1, d.size // 64), valid=d.valid)
         return model
 
     def _settings(self) -> dict:
@@ -213,8 +213,9 @@ class RenderTrainer:
     # --- validation ------------------------------------------------------------------------------
     @torch.no_grad()
     def validate(self, phase: str) -> dict:
-        """Render validation frames: PSNR of the full frame and of the head over the true torso; a PNG.
-        A dataset without validation frames is validated on training frames, and the record says so."""
+        """Render validation frames: PSNR of the full frame and of the head over the true torso, on the real
+        pixels (`RenderData.valid`: never the padding); a PNG. A dataset without validation frames is validated
+        on training frames, and the record says so."""
         d = self.data
         idx, split = (d.val_idx, "val") if len(d.val_idx) else (d.train_idx, "train")
         if split == "train" and not self.history:
@@ -229,8 +230,8 @@ class RenderTrainer:
         head_over = (out.head_rgb + (1 - out.head_alpha[..., None]) * behind).clamp(0, 1)
         record = {"step": self.step, "phase": phase, "split": split,
                   "train_seconds": round(self.trainer.train_seconds, 2), "wall_seconds": self._wall(),
-                  "psnr": round(psnr(((out.rgb - gt) ** 2).mean()), 3),
-                  "psnr_head": round(psnr(((head_over - gt) ** 2).mean()), 3)}
+                  "psnr": round(psnr(_valid_mse(out.rgb, gt, d.valid)), 3),
+                  "psnr_head": round(psnr(_valid_mse(head_over, gt, d.valid)), 3)}
         rows = []
         for i in range(len(pick)):
             shown = out.rgb[i] if phase == "torso" else head_over[i]
@@ -349,6 +350,11 @@ class RenderTrainer:
         else:
             losses, _ = self.model.torso_loss_dict(batch, alpha_weight=c.torso_alpha_weight)
         return losses
+
+
+def _valid_mse(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of images a, b [B, S, S, 3] over the pixels where ``valid`` [S, S] is True."""
+    return ((a - b) ** 2 * valid[None, :, :, None]).sum() / (valid.sum() * a.shape[0] * a.shape[-1]).clamp_min(1)
 
 
 def _patch_size(c: RenderTrainConfig) -> int:
