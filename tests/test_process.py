@@ -141,7 +141,8 @@ def test_background_comes_from_training_frames_only(tmp_path: Path):
     out = tmp_path / "ds"
     (out / "frames").mkdir(parents=True)
     (out / "parsing").mkdir()
-    write_npz(out / "detect.npz", num_frames=np.array(t))
+    write_npz(out / "detect.npz", num_frames=np.array(t), crop=np.array([0, 0, size]),
+              source_shape=np.array([size, size]))  # a crop inside a square frame: no padding
     spot = (slice(24, 40), slice(24, 40))
     for i in range(t):
         frame = np.full((size, size, 3), 100, np.uint8)
