@@ -44,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(SynthConfig, args, progress=not args.quiet)
+    artefacts = config_from_args(DegradeConfig, args, seed=config.seed, crf=config.crf)  # every check before files
     start = time.perf_counter()
     face = load_face(args.face) if args.face is not None else None
     if args.text is not None:
@@ -52,7 +53,6 @@ def run(args: argparse.Namespace) -> int:
         audio = read_audio(args.audio)
     else:
         audio = None
-    artefacts = config_from_args(DegradeConfig, args, seed=config.seed, crf=config.crf)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if artefacts == DegradeConfig(seed=config.seed, crf=config.crf):
