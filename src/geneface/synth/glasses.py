@@ -4,8 +4,9 @@ The frame is built once from the photo's mesh: two lens rims in a gently wrapped
 eyes (centred on them, aligned with the line through them), a bridge over the nose and temple arms back
 to the ears. Every part is a band between two 3-D outlines, so the rims narrow and foreshorten with the
 head's yaw and pitch as the face does. Each frame: a soft shadow on the skin, the lenses' faint tint and
-reflection, then the rims, bridge and the visible run of each arm (an arm point hides where it falls on
-the face behind its surface). The truth is the face's; the glasses never change the mesh.
+reflection, then the rims, bridge and the visible run of each arm: an arm shortens and goes as its side
+of the head turns away from the camera, and stops where it passes behind the face. The truth is the
+face's; the glasses never change the mesh.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ GLOSS_COLOUR = np.array([150, 150, 156], np.float32)
 TINT_COLOUR = np.array([200, 214, 226], np.float32)
 SHADOW = 0.35
 """Darkening under the frame at full shadow."""
+HAZE, GLARE = 0.2, 0.6
+"""At tint 1: the lenses' veil of ``TINT_COLOUR`` (fraction mixed in) and the peak of their reflection
+(fraction of the way to white)."""
 
 
 @dataclass(frozen=True)
@@ -121,39 +125,36 @@ class Glasses:
             z = front + WRAP * np.maximum(np.abs(x) - 0.04, 0) ** 2 + TILT * y
             return centre + x[:, None] * ax + y[:, None] * ay + z[:, None] * az
 
-        self._plane = []
         self.lenses, self.rims = [], []
-        """Per eye: the opening ``[P, 3]`` and the rim's outer outline ``[P, 3]``, head space."""
-        hinges = []
+        """Per eye (right, left): the lens opening ``[POINTS, 3]`` and the rim's outer outline, head space."""
+        openings, hinges = [], []
         for side in (-1, 1):
-            c2 = np.array([side * (half_iod + LENS_OUT), -LENS_UP])
-            opening = _lens_outline(side) + c2
+            opening = _lens_outline(side) + [side * (half_iod + LENS_OUT), -LENS_UP]
             outer = _offset(opening, st.rim_top, st.rim)
-            self._plane.append(opening)
+            openings.append(opening)
             self.lenses.append(lift(opening))
             self.rims.append(lift(outer))
-            k = np.argmax(side * outer[:, 0] - 0.5 * outer[:, 1])  # the outer, upper end of the rim
-            hinges.append(outer[k])
-        # Bridge: an arch between the inner tops of the rims, over the nose.
-        xs = np.linspace(-1, 1, 17)
+            hinges.append(outer[np.argmax(side * outer[:, 0] - 0.5 * outer[:, 1])])  # outer, upper end
+        # Bridge: a slight arch over the nose between the inner sides of the rims, 45% up the lenses.
         y_mid = -LENS_UP - 0.45 * LENS_HALF[1]
-        left_opening = self._plane[1]
-        inner = left_opening[left_opening[:, 0] < half_iod]
-        inner_x = float(np.interp(y_mid, *inner[np.argsort(inner[:, 1])].T[::-1])) + 0.5 * st.rim
-        arch = y_mid - 0.012 * (1 - xs ** 2)
-        top = np.stack([xs * inner_x, arch - 0.5 * st.rim_top], axis=1)
-        bottom = np.stack([xs * inner_x, arch + 0.5 * st.rim_top], axis=1)
-        self.bridge = lift(np.concatenate([top, bottom[::-1]]))
-        # Arms: from the hinge straight back to just above the ear.
+        inner = openings[1][openings[1][:, 0] < half_iod + LENS_OUT]  # the left lens's nose side
+        inner = inner[np.argsort(inner[:, 1])]
+        end = float(np.interp(y_mid, inner[:, 1], inner[:, 0])) + 0.5 * st.rim
+        xs = np.linspace(-end, end, 17)
+        arch = y_mid - 0.012 * (1 - (xs / end) ** 2)
+        self.bridge = lift(np.concatenate([np.stack([xs, arch - 0.5 * st.rim_top], 1),
+                                           np.stack([xs, arch + 0.5 * st.rim_top], 1)[::-1]]))
+        """[34, 3] the bridge's outline, head space."""
+        # Arms: from each hinge straight back to just above the ear.
         self.arms = []
+        """Per side (right, left): the arm's upper and lower edges ``[ARM_POINTS, 3]`` from the hinge back."""
+        s = np.linspace(0, 1, ARM_POINTS)[:, None]
         for side, hinge, ear_idx in zip((-1, 1), hinges, EAR_LEVEL):
             ear = n[ear_idx] - centre
-            start = centre + hinge[0] * ax + hinge[1] * ay + (front + WRAP * (abs(hinge[0]) - 0.04) ** 2) * az
-            end = centre + (ear @ ax + side * 0.01) * ax + (hinge[1] + 0.02) * ay + (ear @ az) * az
-            s = np.linspace(0, 1, ARM_POINTS)[:, None]
-            mid = start + (end - start) * s
+            start = lift(hinge[None])[0]
+            stop = centre + (ear @ ax + side * 0.01) * ax + (hinge[1] + 0.02) * ay + (ear @ az) * az
+            mid = start + (stop - start) * s
             self.arms.append((mid - 0.5 * st.arm * ay, mid + 0.5 * st.arm * ay))
-        self.style = st
         # Outward normals of the sides of the head along the arms, a little forward.
         self.side_normals = [np.cos(SIDE_ANGLE) * side * ax - np.sin(SIDE_ANGLE) * az for side in (-1, 1)]
 
@@ -206,17 +207,17 @@ class Glasses:
         drop = np.float32([[1, 0, 0.02 * iod_px], [0, 1, 0.06 * iod_px]])
         shadow = cv2.GaussianBlur(cv2.warpAffine(frame, drop, shape[::-1]), (0, 0), max(0.04 * iod_px, 0.6))
         patch *= 1 - SHADOW * shadow[..., None]
-        # 2. Lenses: a faint tint and a soft diagonal reflection across the upper part.
+        # 2. Lenses: a faint tint and two soft diagonal streaks of reflection across the upper corner.
         changed = (frame > 0) | (shadow > 1 / 512)
         if self.tint > 0:
             yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
             for lens, opening in zip(lenses, openings):
                 c = lens.mean(0) - [x0, y0]
                 u = ((xx - c[0]) + 0.8 * (yy - c[1])) / max(float(np.ptp(lens[:, 0])), 1.0)
-                glare = np.exp(-((u + 0.18) / 0.12) ** 2) + 0.6 * np.exp(-((u - 0.12) / 0.05) ** 2)
+                glare = np.exp(-((u + 0.42) / 0.1) ** 2) + 0.6 * np.exp(-((u + 0.22) / 0.035) ** 2)  # off the eye
                 a = (opening * self.tint)[..., None]
-                patch = patch * (1 - 0.25 * a) + TINT_COLOUR * (0.25 * a)
-                patch += (255 - patch) * (0.5 * a * glare[..., None])
+                patch = patch * (1 - HAZE * a) + TINT_COLOUR * (HAZE * a)
+                patch += (255 - patch) * (GLARE * a * glare[..., None])
                 changed |= opening > 0
         # 3. The frame itself, a little glossier along its top edge.
         lift = np.float32([[1, 0, 0], [0, 1, -0.012 * iod_px]])
