@@ -11,7 +11,8 @@ sync on voices in other languages.
    the portrait and variable-rate ones from a 30 fps clip): A/V offsets (positive: the audio leads), H.264 at a
    low bit rate, Gaussian noise, a slow brightness drift, camera shake, the face filling the frame with the top
    of the head cut off, portrait 1080x1920 at 30 fps, a variable frame rate (frames dropped at random, so the
-   time stamps are irregular), and a 224 px source.
+   time stamps are irregular), and a 224 px source. Separately, `glasses`: the same person wearing thick-rimmed
+   glasses (`SynthConfig.glasses`, its own 25 fps clip; the truth is of the face behind them).
 2. Each variant is processed at --size (cached). Measured: whether `process` succeeds (its error if not), the
    A/V offset it estimates (meta.json's ``av_offset``, where `process` writes one; null otherwise) and whether
    that is within 20 ms of the truth, head-pose RMS error against the generator's truth (degrees, each track's
@@ -57,6 +58,8 @@ from geneface.synth import SynthConfig, prepare, speak, synthesize
 from geneface.synth.degrade import DegradeConfig, degrade, truth_at
 
 OFFSETS_MS = (-200, -120, -40, 40, 120, 200)
+GLASSES = "thick"
+"""Frame style of the `glasses` variant's clip (`SynthConfig.glasses`)."""
 WITHIN_MS = 20.0
 UNSEEN_VOICE = "en-gb+m3"
 UNSEEN_TEXT = ("Heavy snow closed the mountain pass for three long days. The young violinist practised her scales "
@@ -93,6 +96,8 @@ def variants(truth25: dict, seconds: float) -> dict[str, tuple[str, DegradeConfi
     out["portrait_30fps"] = ("clean30", DegradeConfig(canvas=(1080, 1920)))
     out["vfr"] = ("clean30", DegradeConfig(drop_frames=0.25))
     out["source_224"] = ("clean25", DegradeConfig(canvas=(224, 224)))
+    # Not a degradation: the generator draws glasses on the face (clip glasses25), else as clean.
+    out["glasses"] = ("glasses25", DegradeConfig())
     return out
 
 
@@ -225,17 +230,18 @@ def main() -> None:
     start_all = time.perf_counter()
 
     # 1. the clean clips and the variants
-    def make_clean(fps: float):
+    def make_clean(fps: float, glasses: str = "none"):
         def build(folder: Path) -> dict:
             start = time.perf_counter()
             synthesize(folder / "clip.mp4", config=SynthConfig(size=args.source_size, seconds=args.seconds, fps=fps,
-                                                               progress=False))
+                                                               glasses=glasses, progress=False))
             return {"seconds": round(time.perf_counter() - start, 2)}
         return build
 
     print(f"== clean clips ({args.seconds:g} s, {args.source_size} px, 25 and 30 fps)", flush=True)
     clean = {"clean25": cache.step("clean25", make_clean(25.0))[0] / "clip.mp4",
-             "clean30": cache.step("clean30", make_clean(30.0))[0] / "clip.mp4"}
+             "clean30": cache.step("clean30", make_clean(30.0))[0] / "clip.mp4",
+             "glasses25": cache.step("glasses25", make_clean(25.0, GLASSES))[0] / "clip.mp4"}
     plan = variants(read_npz(clean["clean25"].with_suffix(".truth.npz")), args.seconds)
     clips: dict[str, Path] = {}
     made: dict[str, dict] = {}

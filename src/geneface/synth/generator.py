@@ -38,6 +38,7 @@ from ..face import FACE_OVAL, LEFT_EYE, NUM_MESH_POINTS, RIGHT_EYE, interocular,
 from ..features.activity import is_silent
 from ..fileio import write_npz
 from ..media import AUDIO_RATE, VideoWriter
+from .glasses import GLASSES, Glasses
 from .motion import blinks, head_motion
 from .photo import crop_face, default_face
 from .render import Warper, draw_mouth
@@ -84,6 +85,11 @@ class SynthConfig:
     """Silence between repeats when the video is longer than the speech."""
     face_fraction: float = opt(0.42, above=0.0, max=1.0)
     """Width of the face as a fraction of the frame's side."""
+    glasses: str = opt("none", choices=GLASSES)
+    """Glasses on the face: "thin" or "thick" dark rims with a bridge and temple arms, rigid with the head
+    (the truth stays the face's: the mesh is of the eyes behind them)."""
+    glasses_tint: float = opt(0.3, min=0.0, max=1.0)
+    """Strength of the glasses' lens tint and reflection (0: clear lenses)."""
     crf: int = opt(18, min=0, max=51)
     """H.264 quality (lower is better)."""
     progress: bool = True
@@ -125,9 +131,12 @@ class Animator:
         photo: the cropped photo ``[S, S, 3]`` uint8.
         mesh_px: its mesh ``[478, 3]`` (pixels, z scaled like x).
         jaw_max_deg: jaw rotation at full opening.
+        glasses: frame style (``"none"``, ``"thin"``, ``"thick"``) of the glasses drawn over the face.
+        glasses_tint: strength of their lens tint and reflection in [0, 1].
     """
 
-    def __init__(self, photo: np.ndarray, mesh_px: np.ndarray, jaw_max_deg: float = 13.0) -> None:
+    def __init__(self, photo: np.ndarray, mesh_px: np.ndarray, jaw_max_deg: float = 13.0, glasses: str = "none",
+                 glasses_tint: float = 0.3) -> None:
         self.photo = photo
         self.size = photo.shape[0]
         self.rig = FaceRig(mesh_px, self.size, jaw_max_deg)
@@ -152,6 +161,7 @@ class Animator:
         moving = np.r_[np.ones(n + r, bool), np.zeros(r, bool)]
         self.warper = Warper(src, triangles, moving, self.size, behind=behind)
         self.far_depth = np.full(r, 1e6)
+        self.glasses = None if glasses == "none" else Glasses(self.rig.neutral, glasses, glasses_tint)
 
     def frame(self, open_: float, width: float, blink: float, rotation: np.ndarray,
               translation: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -167,6 +177,8 @@ class Animator:
         image, touched = self.warper.warp(self.photo, dst, depth)
         draw_mouth(image, mesh[UPPER_INNER, :2] - 0.5, mesh[LOWER_INNER, :2] - 0.5,
                    float(interocular(mesh[:, :2])), touched)
+        if self.glasses is not None:  # over the face: the rims hide what is behind them
+            self.glasses.draw(image, rig, rotation, translation, mesh, touched)
         return image, mesh, head, touched
 
 
@@ -249,7 +261,7 @@ def prepare(face: np.ndarray | None = None, audio: np.ndarray | None = None,
 
     # 1. The photo: crop around the face, track its mesh, build the rig.
     photo, mesh_px = crop_face(face, cfg.size, face_fraction=cfg.face_fraction)
-    anim = Animator(photo, mesh_px, cfg.jaw_max_deg)
+    anim = Animator(photo, mesh_px, cfg.jaw_max_deg, cfg.glasses, cfg.glasses_tint)
 
     # 2. The audio, fitted to a whole number of frames, and its mouth controls.
     seconds = cfg.seconds if cfg.seconds is not None else len(audio) / AUDIO_RATE
