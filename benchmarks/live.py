@@ -15,8 +15,8 @@ speech in real time, frames coming back.
    message; audio it skipped to stay within 1 s of real time); audio/video sync: each frame carries the 640
    samples it was made from, which must be the client's samples ending at its ``audio_end`` (offset 0 ms), and
    frames + dropped must account for all the audio sent.
-4. **server process**: CPU use (``/proc/PID/stat``; 100 % = one core) and resident memory (``VmRSS``) every
-   0.5 s, per phase.
+4. **server processes** (the server and its render processes): CPU use (``/proc/PID/stat``; 100 % = one core)
+   and resident memory (``VmRSS``, summed) every 0.5 s, per phase.
 
 Prints tables and writes live.json (see benchmarks/common.py; the README's figures are its "summary").
 Targets (DESIGN.md): 1 client >= 25 frames/s sustained and p95 latency <= 400 ms at 128 px on 2 CPU cores;
@@ -98,28 +98,51 @@ class Server:
         for _ in self.proc.stderr:
             pass
 
-    def _cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    def _pids(self) -> list[int]:
+        """The server and its descendants (the render processes)."""
+        pids, at = [self.proc.pid], 0
+        while at < len(pids):
+            try:
+                for task in Path(f"/proc/{pids[at]}/task").iterdir():
+                    pids += [int(p) for p in (task / "children").read_text().split()]
+            except OSError:
+                pass  # it just ended
+            at += 1
+        return pids
+
+    def _cpu_seconds(self, pid: int) -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
-    def _rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+    def _rss_mib(self, pid: int) -> float:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
-        return float("nan")
+        return 0.0
+
+    def _usage(self) -> tuple[float, float, dict[int, float]]:
+        """(time, RSS MiB of all the processes, CPU seconds of each)."""
+        cpu, rss = {}, 0.0
+        for pid in self._pids():
+            try:
+                cpu[pid] = self._cpu_seconds(pid)
+                rss += self._rss_mib(pid)
+            except (OSError, IndexError, ValueError):
+                pass  # it just ended
+        return time.monotonic(), rss, cpu
 
     def _sample(self) -> None:
-        t0 = time.monotonic()
-        last_t, last_cpu = t0, self._cpu_seconds()
+        t0, _, last = self._usage()
+        last_t = t0
         while not self._stop.wait(SAMPLE_EVERY_S):
             try:
-                now, cpu = time.monotonic(), self._cpu_seconds()
-                rss = self._rss_mib()
+                now, rss, cpus = self._usage()
             except (OSError, IndexError, ValueError):
                 return
-            self.samples.append({"t": now - t0, "phase": self.phase, "cpu_pct": 100 * (cpu - last_cpu) / (now - last_t),
+            cpu = sum(c - last.get(pid, 0.0) for pid, c in cpus.items())  # a process that ended drops out
+            self.samples.append({"t": now - t0, "phase": self.phase, "cpu_pct": 100 * cpu / (now - last_t),
                                  "rss_mib": rss})
-            last_t, last_cpu = now, cpu
+            last_t, last = now, cpus
 
     def phase_stats(self, phase: str) -> dict:
         rows = [s for s in self.samples if s["phase"] == phase]
@@ -286,7 +309,7 @@ def main() -> None:
     common.print_table(["run", "server CPU % (mean)", "CPU % (max)", "RSS start MiB", "RSS end MiB", "RSS max MiB"],
                        [(f"{r['clients']} client(s)", r["server"]["cpu_pct_mean"], r["server"]["cpu_pct_max"],
                          r["server"]["rss_mib_start"], r["server"]["rss_mib_end"], r["server"]["rss_mib_max"])
-                        for r in runs], title="server process (100 % = one core)")
+                        for r in runs], title="server and render processes (100 % = one core)")
 
     summary: dict = {}
     for run in runs:
