@@ -12,7 +12,8 @@ speech in real time, frames coming back.
 3. **per client**: sustained frames/s (frames received from 2 s after the first chunk to the last chunk sent,
    over that time); latency of each frame from the chunk holding the end of its audio being sent (the frame
    header's ``audio_end``) to the frame received, p50 / p95 / max; dropped frames (the server's ``end``
-   message; audio it skipped to stay within 1 s of real time); audio/video sync: each frame carries the 640
+   message; audio it skipped to stay within 1 s of real time); frames rendered smaller (``reduced`` in that
+   message: the server's answer to sessions sharing its render processes and falling behind); audio/video sync: each frame carries the 640
    samples it was made from, which must be the client's samples ending at its ``audio_end`` (offset 0 ms), and
    frames + dropped must account for all the audio sent.
 4. **server processes** (the server and its render processes): CPU use (``/proc/PID/stat``; 100 % = one core)
@@ -20,7 +21,8 @@ speech in real time, frames coming back.
 
 Prints tables and writes live.json (see benchmarks/common.py; the README's figures are its "summary").
 Targets (DESIGN.md): 1 client >= 25 frames/s sustained and p95 latency <= 400 ms at 128 px on 2 CPU cores;
-4 clients degrade gracefully (fewer frames/s or dropped audio, audio and video in sync, nothing fails).
+4 clients degrade gracefully (fewer frames/s, smaller renders or dropped audio, audio and video in sync, nothing
+fails).
 """
 
 from __future__ import annotations
@@ -242,10 +244,12 @@ def measure(audio: np.ndarray, ready: dict, counts: list[int], times: list[float
         best = int(np.argmin(np.abs(windows - tail).sum(1)))
         offsets.append(lo + best - audio_end)
     dropped = int(end["dropped"]) if end else None
+    reduced = int(end["reduced"]) if end else None
     expected = -(-len(audio) // FRAME_SAMPLES)
     lat = np.asarray(latencies) if latencies else np.asarray([np.nan])
     return {
         "frames": len(frames), "in_order": in_order, "expected_frames": expected, "dropped": dropped,
+        "reduced_pct": 100 * reduced / max(1, len(frames)) if reduced is not None else None,
         "frames_plus_dropped_minus_expected": (len(frames) + dropped - expected) if dropped is not None else None,
         "sustained_fps": len(steady) / span if span > 0 else None,
         "first_frame_s": (frames[0][3] - t0) if frames else None,
@@ -301,10 +305,10 @@ def main() -> None:
     for run in runs:
         for i, c in enumerate(run["per_client"]):
             rows.append((f"{run['clients']} client(s) #{i + 1}", c["sustained_fps"], c["latency_p50_ms"],
-                         c["latency_p95_ms"], c["latency_max_ms"], c["dropped"], c["frames"],
+                         c["latency_p95_ms"], c["latency_max_ms"], c["dropped"], c["frames"], c["reduced_pct"],
                          c["sync_frames_exact_pct"], c["in_order"]))
-    common.print_table(["run", "frames/s", "p50 ms", "p95 ms", "max ms", "dropped", "frames", "sync exact %",
-                        "in order"], rows, title=f"live: the demo person at 128 px, {args.seconds:g} s of speech "
+    common.print_table(["run", "frames/s", "p50 ms", "p95 ms", "max ms", "dropped", "frames", "reduced %",
+                        "sync exact %", "in order"], rows, title=f"live: the demo person at 128 px, {args.seconds:g} s of speech "
                                                   f"per client in 20 ms chunks, real time")
     common.print_table(["run", "server CPU % (mean)", "CPU % (max)", "RSS start MiB", "RSS end MiB", "RSS max MiB"],
                        [(f"{r['clients']} client(s)", r["server"]["cpu_pct_mean"], r["server"]["cpu_pct_max"],
@@ -321,9 +325,13 @@ def main() -> None:
         summary[f"{key}_latency_p95_ms"] = float(np.max([c["latency_p95_ms"] for c in per]))
         summary[f"{key}_dropped_pct"] = float(100 * np.sum([c["dropped"] for c in per]) /
                                               np.sum([c["expected_frames"] for c in per]))
+        summary[f"{key}_reduced_pct"] = float(np.mean([c["reduced_pct"] for c in per]))
         summary[f"{key}_sync_exact_pct"] = float(np.min([c["sync_frames_exact_pct"] or 0 for c in per]))
         summary[f"{key}_all_in_order"] = all(c["in_order"] for c in per)
         summary[f"{key}_server_cpu_pct"] = run["server"]["cpu_pct_mean"]
+        # CPU per frame sent (all processes): what 2 free cores would allow is 2000 / this frames/s in all
+        summary[f"{key}_cpu_ms_per_frame"] = float(10 * run["server"]["cpu_pct_mean"] /
+                                                   np.sum([c["sustained_fps"] for c in per]))
         summary[f"{key}_server_rss_max_mib"] = run["server"]["rss_mib_max"]
     if runs and runs[0]["clients"] == 1:
         one = runs[0]["per_client"][0]

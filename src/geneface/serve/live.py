@@ -23,6 +23,9 @@ behind real time (audio played from when it began to arrive) drops its oldest wa
 ``dropped``, in frames of 40 ms), so that latency stays bounded on a machine too slow for real time; audio sent
 faster than real time (a burst of synthesised speech) is not dropped while the frames keep up with real time.
 With ``"drop_late": false`` every sample becomes a frame, however late (at most `MAX_QUEUED_S` may wait).
+While other sessions share the render processes, a session that falls `REDUCE_AFTER_S` behind renders its frames
+smaller (`REDUCED`, then shown at its size: blurrier, as many) until it has kept up for `RESTORE_AFTER_S`; a
+session alone always gets the model's full render (``reduced`` counts the frames rendered smaller).
 
 Where the work happens: a session's stream steps (features, motion) run on a thread of the server, its frames
 render in the processes of a `RenderPool` shared by all sessions (``--live-workers``), at most one more per
@@ -78,6 +81,12 @@ MAX_QUEUED_S = 120.0
 PUSH_SAMPLES = 2 * FRAME_SAMPLES
 """Audio handed to the stream at once (at most): frames go out as soon as they are made, not a backlog's worth
 at a time."""
+REDUCED = (0.75, 0.5)
+"""Render sizes (of the session's size) a session sharing the render processes steps down to when behind."""
+REDUCE_AFTER_S = 0.3
+"""Audio waiting (behind real time) that makes a session sharing the render processes render smaller."""
+RESTORE_AFTER_S = 5.0
+"""Time a session renders smaller, keeping up, before it tries the next size up."""
 MAX_CHUNK_BYTES = 1 << 20
 """Largest binary message (16 s of audio)."""
 MAX_TEXT_BYTES = 4096
@@ -231,7 +240,7 @@ class Live:
             model = await loop.run_in_executor(self.executor, self.models.get, path)
             stream = await loop.run_in_executor(self.executor, SpeechStream, model, start.config, False)
             await self.renderers.load(path)
-            session = Session(session_id, ws, self.executor, self.renderers, path, stream, start)
+            session = Session(session_id, ws, self, path, stream, start)
             self.sessions[session_id] = session
             log.info(f"live session {session_id}: {start.person} ({ws.client.host if ws.client else '?'})")
             await session.run()
@@ -266,12 +275,13 @@ async def _refuse(ws: WebSocket, message: str, code: int) -> None:
 class Session:
     """One client's stream: its queue of audio and controls, the idle clock, and the frames it is sent."""
 
-    def __init__(self, session_id: str, ws: WebSocket, executor: ThreadPoolExecutor, renderers: RenderPool,
-                 path: Path, stream: SpeechStream, start: Start) -> None:
+    def __init__(self, session_id: str, ws: WebSocket, live: Live, path: Path, stream: SpeechStream,
+                 start: Start) -> None:
         self.id = session_id
         self.ws = ws
-        self.executor = executor
-        self.renderers = renderers
+        self.live = live
+        self.executor = live.executor
+        self.renderers = live.renderers
         self.path = path
         self.stream = stream
         self.start = start
@@ -280,7 +290,10 @@ class Session:
         self.timeline = Timeline()
         # frames rendering, in order: (index, audio_end, idle, audio [640], JPEG future), one slot each
         self.outbox: asyncio.Queue[tuple[int, int, bool, np.ndarray, asyncio.Future]] = asyncio.Queue()
-        self.slots = asyncio.Semaphore(renderers.processes + 1)
+        self.slots = asyncio.Semaphore(self.renderers.processes + 1)
+        self.scale = 0  # render at the full size (0) or REDUCED[scale - 1]
+        self.scaled_at = 0.0  # when scale last changed
+        self.behind_at = 0.0  # when the session was last behind
         self.items: deque[tuple[str, object]] = deque()  # ("audio", (samples, client end)) or ("flush", None) ...
         self.wake = asyncio.Event()
         self.received = 0  # client samples received
@@ -292,13 +305,14 @@ class Session:
         self.idle_fed = 0
         self.sent = 0
         self.idle_frames = 0
+        self.reduced = 0  # frames rendered smaller
         self.dropped_samples = 0  # client audio dropped (backlog)
         self.compute_s = 0.0
         self.stopping = False
         self.next_stats = 0.0
 
     def summary(self) -> dict:
-        return {"frames": self.sent, "idle_frames": self.idle_frames,
+        return {"frames": self.sent, "idle_frames": self.idle_frames, "reduced": self.reduced,
                 "dropped": int(round(self.dropped_samples / FRAME_SAMPLES)),
                 "audio_seconds": round(self.received / AUDIO_RATE, 3)}
 
@@ -317,11 +331,12 @@ class Session:
         finally:
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             while not self.outbox.empty():  # frames no one will send
-                future = self.outbox.get_nowait()[-1]
-                future.cancel()
-                await asyncio.gather(future, return_exceptions=True)
+                jpeg = self.outbox.get_nowait()[-1]
+                if not jpeg.cancel() and not jpeg.cancelled():
+                    jpeg.exception()  # done (a failure that ended the session, or no matter now)
+            # not gather: a task cancelled here would make this task's own cancellation look like another
+            await asyncio.wait(tasks)
 
     # --- the client's messages ----------------------------------------------------------------------
     async def _read(self) -> None:
@@ -451,6 +466,7 @@ class Session:
         self.next_stats = now + STATS_EVERY_S
         await self.ws.send_text(json.dumps({
             "type": "stats", **self.summary(), "backlog_ms": round(self.queued / AUDIO_RATE * 1000),
+            "render_size": self.render_size,
             "compute_ms_per_frame": round(self.compute_s / max(1, self.sent) * 1000, 1)}))
 
     async def _idle(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -489,9 +505,30 @@ class Session:
         for frame in frames:
             await self.slots.acquire()
             audio_end, idle = self.timeline.frame()
+            self._rescale()
+            size = self.render_size
             jpeg = asyncio.ensure_future(self.renderers.render(
-                self.path, frame.window[None], frame.c2w[None], self.size, self.start.quality))
+                self.path, frame.window[None], frame.c2w[None], size, self.size, self.start.quality))
             self.outbox.put_nowait((frame.index, audio_end, idle, frame.audio, jpeg))
+            self.reduced += size != self.size
+
+    @property
+    def render_size(self) -> int:
+        """The size frames render at now."""
+        return self.size if not self.scale else max(8, round(self.size * REDUCED[self.scale - 1] / 8) * 8)
+
+    def _rescale(self) -> None:
+        """Render smaller while other sessions share the render processes and this one is behind; a size up
+        once it has kept up for `RESTORE_AFTER_S` (see the module docstring)."""
+        now = time.monotonic()
+        if self.live.active <= 1:
+            self.scale = 0
+        elif self.queued > REDUCE_AFTER_S * AUDIO_RATE:
+            self.behind_at = now
+            if self.scale < len(REDUCED) and now - self.scaled_at > 1.0:  # a second to show its effect
+                self.scale, self.scaled_at = self.scale + 1, now
+        elif self.scale and now - max(self.scaled_at, self.behind_at) > RESTORE_AFTER_S:
+            self.scale, self.scaled_at = self.scale - 1, now
 
     async def _deliver(self) -> None:
         """Send the frames as they are rendered, in order."""

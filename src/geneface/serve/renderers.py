@@ -68,9 +68,10 @@ def _load(path: str) -> None:
     _model(path)
 
 
-def _render(path: str, windows: np.ndarray, c2w: np.ndarray, size: int, quality: int) -> tuple[list[bytes], float]:
-    """JPEG images of windows [B, 5, 68, 3] seen from cameras c2w [B, 4, 4] at ``size`` pixels a side, and the
-    seconds they took."""
+def _render(path: str, windows: np.ndarray, c2w: np.ndarray, size: int, shown: int,
+            quality: int) -> tuple[list[bytes], float]:
+    """JPEG images of windows [B, 5, 68, 3] seen from cameras c2w [B, 4, 4], rendered at ``size`` pixels a side
+    and shown at ``shown`` (resized when they differ), and the seconds they took."""
     import cv2
     import torch
 
@@ -78,6 +79,8 @@ def _render(path: str, windows: np.ndarray, c2w: np.ndarray, size: int, quality:
     model = _model(path)  # loaded outside inference mode (the occupancy grid keys a cache on a tensor's version)
     with torch.inference_mode():
         rgb = model.render(windows, c2w, size)  # [B, size, size, 3] uint8
+    if size != shown:
+        rgb = [cv2.resize(image, (shown, shown), interpolation=cv2.INTER_LINEAR) for image in rgb]
     params = [cv2.IMWRITE_JPEG_QUALITY, quality]
     jpegs = [cv2.imencode(".jpg", np.ascontiguousarray(image[..., ::-1]), params)[1].tobytes() for image in rgb]
     return jpegs, time.perf_counter() - t0
@@ -115,10 +118,10 @@ class RenderPool:
         """Load the person at ``path`` in every process (the first frames come sooner)."""
         await asyncio.gather(*[self._call(_load, str(path)) for _ in range(self.processes)])
 
-    async def render(self, path: Path, windows: np.ndarray, c2w: np.ndarray, size: int,
+    async def render(self, path: Path, windows: np.ndarray, c2w: np.ndarray, size: int, shown: int,
                      quality: int) -> tuple[list[bytes], float]:
         """JPEG frames and the seconds they took (see `_render`), from one of the processes."""
-        return await self._call(_render, str(path), windows, c2w, size, quality)
+        return await self._call(_render, str(path), windows, c2w, size, shown, quality)
 
     def close(self) -> None:
         """Stop the processes (frames still waiting are cancelled)."""
