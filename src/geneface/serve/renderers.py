@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -32,14 +33,16 @@ _models: dict[tuple[str, float], object] = {}  # in a render process: (path, per
 
 
 def _start(device: str, parent: int) -> None:
-    """A render process's first step: one torch thread, malloc that keeps freed memory, and an exit when the
-    server is gone (a killed server leaves no processes behind)."""
+    """A render process's first step: one torch thread, malloc that keeps freed memory, Ctrl-C left to the
+    server (which stops its processes as it shuts down), and an exit when the server is gone (a killed server
+    leaves no processes behind)."""
     import torch
 
     from ..device import keep_freed_memory
 
     torch.set_num_threads(1)
     keep_freed_memory()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["GENEFACE_RENDER_DEVICE"] = device
 
     def watch() -> None:
