@@ -12,15 +12,17 @@ speech in real time, frames coming back.
 3. **per client**: sustained frames/s (frames received from 2 s after the first chunk to the last chunk sent,
    over that time); latency of each frame from the chunk holding the end of its audio being sent (the frame
    header's ``audio_end``) to the frame received, p50 / p95 / max; dropped frames (the server's ``end``
-   message; audio it skipped to stay within 1 s of real time); audio/video sync: each frame carries the 640
+   message; audio it skipped to stay within 1 s of real time); frames rendered smaller (``reduced`` in that
+   message: the server's answer to sessions sharing its render processes and falling behind); audio/video sync: each frame carries the 640
    samples it was made from, which must be the client's samples ending at its ``audio_end`` (offset 0 ms), and
    frames + dropped must account for all the audio sent.
-4. **server process**: CPU use (``/proc/PID/stat``; 100 % = one core) and resident memory (``VmRSS``) every
-   0.5 s, per phase.
+4. **server processes** (the server and its render processes): CPU use (``/proc/PID/stat``; 100 % = one core)
+   and resident memory (``VmRSS``, summed) every 0.5 s, per phase.
 
 Prints tables and writes live.json (see benchmarks/common.py; the README's figures are its "summary").
 Targets (DESIGN.md): 1 client >= 25 frames/s sustained and p95 latency <= 400 ms at 128 px on 2 CPU cores;
-4 clients degrade gracefully (fewer frames/s or dropped audio, audio and video in sync, nothing fails).
+4 clients degrade gracefully (fewer frames/s, smaller renders or dropped audio, audio and video in sync, nothing
+fails).
 """
 
 from __future__ import annotations
@@ -98,28 +100,51 @@ class Server:
         for _ in self.proc.stderr:
             pass
 
-    def _cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    def _pids(self) -> list[int]:
+        """The server and its descendants (the render processes)."""
+        pids, at = [self.proc.pid], 0
+        while at < len(pids):
+            try:
+                for task in Path(f"/proc/{pids[at]}/task").iterdir():
+                    pids += [int(p) for p in (task / "children").read_text().split()]
+            except OSError:
+                pass  # it just ended
+            at += 1
+        return pids
+
+    def _cpu_seconds(self, pid: int) -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
-    def _rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+    def _rss_mib(self, pid: int) -> float:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
-        return float("nan")
+        return 0.0
+
+    def _usage(self) -> tuple[float, float, dict[int, float]]:
+        """(time, RSS MiB of all the processes, CPU seconds of each)."""
+        cpu, rss = {}, 0.0
+        for pid in self._pids():
+            try:
+                cpu[pid] = self._cpu_seconds(pid)
+                rss += self._rss_mib(pid)
+            except (OSError, IndexError, ValueError):
+                pass  # it just ended
+        return time.monotonic(), rss, cpu
 
     def _sample(self) -> None:
-        t0 = time.monotonic()
-        last_t, last_cpu = t0, self._cpu_seconds()
+        t0, _, last = self._usage()
+        last_t = t0
         while not self._stop.wait(SAMPLE_EVERY_S):
             try:
-                now, cpu = time.monotonic(), self._cpu_seconds()
-                rss = self._rss_mib()
+                now, rss, cpus = self._usage()
             except (OSError, IndexError, ValueError):
                 return
-            self.samples.append({"t": now - t0, "phase": self.phase, "cpu_pct": 100 * (cpu - last_cpu) / (now - last_t),
+            cpu = sum(c - last.get(pid, 0.0) for pid, c in cpus.items())  # a process that ended drops out
+            self.samples.append({"t": now - t0, "phase": self.phase, "cpu_pct": 100 * cpu / (now - last_t),
                                  "rss_mib": rss})
-            last_t, last_cpu = now, cpu
+            last_t, last = now, cpus
 
     def phase_stats(self, phase: str) -> dict:
         rows = [s for s in self.samples if s["phase"] == phase]
@@ -219,10 +244,12 @@ def measure(audio: np.ndarray, ready: dict, counts: list[int], times: list[float
         best = int(np.argmin(np.abs(windows - tail).sum(1)))
         offsets.append(lo + best - audio_end)
     dropped = int(end["dropped"]) if end else None
+    reduced = int(end["reduced"]) if end else None
     expected = -(-len(audio) // FRAME_SAMPLES)
     lat = np.asarray(latencies) if latencies else np.asarray([np.nan])
     return {
         "frames": len(frames), "in_order": in_order, "expected_frames": expected, "dropped": dropped,
+        "reduced_pct": 100 * reduced / max(1, len(frames)) if reduced is not None else None,
         "frames_plus_dropped_minus_expected": (len(frames) + dropped - expected) if dropped is not None else None,
         "sustained_fps": len(steady) / span if span > 0 else None,
         "first_frame_s": (frames[0][3] - t0) if frames else None,
@@ -278,15 +305,15 @@ def main() -> None:
     for run in runs:
         for i, c in enumerate(run["per_client"]):
             rows.append((f"{run['clients']} client(s) #{i + 1}", c["sustained_fps"], c["latency_p50_ms"],
-                         c["latency_p95_ms"], c["latency_max_ms"], c["dropped"], c["frames"],
+                         c["latency_p95_ms"], c["latency_max_ms"], c["dropped"], c["frames"], c["reduced_pct"],
                          c["sync_frames_exact_pct"], c["in_order"]))
-    common.print_table(["run", "frames/s", "p50 ms", "p95 ms", "max ms", "dropped", "frames", "sync exact %",
-                        "in order"], rows, title=f"live: the demo person at 128 px, {args.seconds:g} s of speech "
+    common.print_table(["run", "frames/s", "p50 ms", "p95 ms", "max ms", "dropped", "frames", "reduced %",
+                        "sync exact %", "in order"], rows, title=f"live: the demo person at 128 px, {args.seconds:g} s of speech "
                                                   f"per client in 20 ms chunks, real time")
     common.print_table(["run", "server CPU % (mean)", "CPU % (max)", "RSS start MiB", "RSS end MiB", "RSS max MiB"],
                        [(f"{r['clients']} client(s)", r["server"]["cpu_pct_mean"], r["server"]["cpu_pct_max"],
                          r["server"]["rss_mib_start"], r["server"]["rss_mib_end"], r["server"]["rss_mib_max"])
-                        for r in runs], title="server process (100 % = one core)")
+                        for r in runs], title="server and render processes (100 % = one core)")
 
     summary: dict = {}
     for run in runs:
@@ -298,9 +325,13 @@ def main() -> None:
         summary[f"{key}_latency_p95_ms"] = float(np.max([c["latency_p95_ms"] for c in per]))
         summary[f"{key}_dropped_pct"] = float(100 * np.sum([c["dropped"] for c in per]) /
                                               np.sum([c["expected_frames"] for c in per]))
+        summary[f"{key}_reduced_pct"] = float(np.mean([c["reduced_pct"] for c in per]))
         summary[f"{key}_sync_exact_pct"] = float(np.min([c["sync_frames_exact_pct"] or 0 for c in per]))
         summary[f"{key}_all_in_order"] = all(c["in_order"] for c in per)
         summary[f"{key}_server_cpu_pct"] = run["server"]["cpu_pct_mean"]
+        # CPU per frame sent (all processes): what 2 free cores would allow is 2000 / this frames/s in all
+        summary[f"{key}_cpu_ms_per_frame"] = float(10 * run["server"]["cpu_pct_mean"] /
+                                                   np.sum([c["sustained_fps"] for c in per]))
         summary[f"{key}_server_rss_max_mib"] = run["server"]["rss_mib_max"]
     if runs and runs[0]["clients"] == 1:
         one = runs[0]["per_client"][0]

@@ -1,7 +1,7 @@
 """Benchmark streaming inference (`geneface.infer.stream`) on the bundled demo person at 128 px: frames/s per
 chunk size, latency on a real-time clock, streamed against offline landmarks, and memory over a long stream.
 
-    python benchmarks/stream.py [--seconds 20] [--latency-seconds 20] [--minutes 10] [--threads 2]
+    python benchmarks/stream.py [--seconds 20] [--latency-seconds 20] [--minutes 10] [--threads 1]
                                 [--chunks-ms 20 100 1000] [--lookaheads 0 2 4 6 8 12] [--quality 80]
                                 [--out DIR] [--quick]
 
@@ -180,7 +180,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0, help="speech per throughput run (s)")
     ap.add_argument("--latency-seconds", type=float, default=20.0, help="speech per real-time latency run (s)")
     ap.add_argument("--minutes", type=float, default=10.0, help="length of the memory run (min of audio)")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1, as geneface serve: at one frame a push, 2 intra-op threads cost more CPU)")
     ap.add_argument("--chunks-ms", type=int, nargs="+", default=[20, 100, 1000], help="chunk sizes (ms)")
     ap.add_argument("--lookaheads", type=int, nargs="+", default=[0, 2, 4, 6, 8, 12],
                     help="look-aheads (frames) for the offline comparison")

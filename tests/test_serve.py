@@ -9,11 +9,15 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import json
+import multiprocessing
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import quote
 
 import cv2
@@ -29,6 +33,7 @@ from geneface.errors import InputError
 from geneface.infer.cli_demo import bundled_person, bundled_speech
 from geneface.serve import ServeConfig, background, create_app
 from geneface.serve.jobs import TRAIN_STAGES, _BarReader, _Tracker
+from geneface.serve import live as live_module
 from geneface.serve.live import FLAG_AUDIO, FLAG_IDLE, FRAME_SAMPLES, HEADER
 from geneface.serve.server import exposure_warning
 from geneface.synth import SynthConfig, synthesize
@@ -608,6 +613,61 @@ def test_live_sessions_beyond_the_limit_are_refused(tmp_path):
         with client.websocket_connect(WS) as again:
             again.send_text(json.dumps({"type": "start", "person": "demo"}))
             assert again.receive_json()["type"] == "ready"
+
+
+def test_a_render_process_that_dies_ends_its_sessions_with_a_message(tmp_path):
+    """A killed render process: the session gets an error message and is closed (no hang); the next session
+    gets fresh processes; the server's shutdown stops them."""
+    before = set(multiprocessing.active_children())
+    app = create_app(ServeConfig(work=tmp_path / "work", device="cpu", live_workers=2))
+    with TestClient(app, base_url=HTTP) as client:
+        with client.websocket_connect(WS) as ws:
+            ws.send_text(json.dumps({"type": "start", "person": "demo", "idle": True}))  # idle frames keep coming
+            assert ws.receive_json()["type"] == "ready"
+            first = set(multiprocessing.active_children()) - before
+            assert len(first) == 2
+            os.kill(next(iter(first)).pid, signal.SIGKILL)
+            error = None
+            while (message := ws.receive())["type"] != "websocket.close":
+                if message.get("text") is not None and json.loads(message["text"])["type"] == "error":
+                    error = json.loads(message["text"])["message"]
+            assert message["code"] == 1011 and "render process stopped" in error, message
+        wait_until(lambda: app.state.live.active == 0)
+        with client.websocket_connect(WS) as ws:
+            ws.send_text(json.dumps({"type": "start", "person": "demo", "idle": True}))
+            assert ws.receive_json()["type"] == "ready"
+            while ws.receive().get("bytes") is None:  # frames again
+                pass
+            second = set(multiprocessing.active_children()) - before
+            assert len(second) == 2 and not second & first
+    wait_until(lambda: not set(multiprocessing.active_children()) & second)
+
+
+def test_a_session_sharing_the_renderers_renders_smaller_while_behind(monkeypatch):
+    """Behind by more than REDUCE_AFTER_S with other sessions on: a size down each second (to half); caught up
+    for RESTORE_AFTER_S: a size up; alone: always the full size."""
+    clock = [100.0]
+    monkeypatch.setattr(live_module.time, "monotonic", lambda: clock[0])
+    live = SimpleNamespace(active=4, executor=None, renderers=SimpleNamespace(processes=2))
+    stream = SimpleNamespace(fps=25.0, size=128)
+    session = live_module.Session("s", None, live, Path("demo"), stream, live_module.Start("demo", None))
+    sizes = []
+    for t, behind in [(0, True), (0.5, True), (1.2, True), (2.5, True), (3, False), (7, False), (8.5, False),
+                      (13.4, False), (13.6, False)]:
+        clock[0] = 100.0 + t
+        session.queued = int((live_module.REDUCE_AFTER_S + 0.1) * RATE) if behind else 0
+        session._rescale()
+        sizes.append(session.render_size)
+    assert sizes == [96, 96, 64, 64, 64, 64, 96, 96, 128]
+    session.queued = RATE
+    session._rescale()
+    assert session.render_size == 128  # a second after the last change at the soonest
+    clock[0] += 1.1
+    session._rescale()
+    assert session.render_size == 96
+    live.active = 1
+    session._rescale()
+    assert session.render_size == 128
 
 
 async def _stream_over_socket(url: str, samples: np.ndarray, paced: bool) -> tuple[list[int], dict]:

@@ -107,6 +107,20 @@ def test_no_seams_at_chunk_joins(demo, streamed, speech):
         assert change[joins].max() <= 1.01 * change_offline.max(), ms
 
 
+def test_frames_left_unrendered_render_elsewhere_to_the_same_image(demo, streamed, speech):
+    """``render=False`` (a server's stream): the same frames without ``rgb``; `PersonModel.render` of each frame's
+    window and camera gives its image."""
+    frames, _ = run(SpeechStream(demo, StreamConfig(temperature=0.0, size=SIZE), render=False), speech, 320)
+    rendered = streamed[20][0]
+    assert [f.index for f in frames] == [f.index for f in rendered] and all(f.rgb is None for f in frames)
+    np.testing.assert_array_equal(landmarks(frames), landmarks(rendered))
+    for f in frames[::20]:
+        assert f.window.shape == (5, 68, 3) and f.c2w.shape == (4, 4)
+        np.testing.assert_array_equal(f.window[2], f.landmarks)
+        with torch.inference_mode():
+            np.testing.assert_array_equal(demo.render(f.window[None], f.c2w[None], SIZE)[0], rendered[f.index].rgb)
+
+
 def test_temperature_and_seed_match_offline_too(demo, speech):
     config = StreamConfig(temperature=0.8, seed=3, size=SIZE)
     frames, _ = run(SpeechStream(demo, config), speech[:50 * FRAME_SAMPLES], 1600)

@@ -7,6 +7,9 @@
     rest = stream.flush()                     # end of an utterance: the frames held for the look-ahead
     stream.interrupt()                        # or: drop the audio not yet turned into frames
 
+A server renders elsewhere: ``SpeechStream(model, config, render=False)`` gives frames without ``rgb``, to be
+rendered from their ``window`` and ``c2w`` by `PersonModel.render` (in other processes, while the stream goes on).
+
 **What a frame is.** Frame ``i`` (the 640 samples from ``640 i``) is what offline inference
 (`PersonModel.landmarks`, then `PersonModel.frames`) gives for frame ``i`` of the audio cut ``D =
 StreamConfig.lookahead`` frames after it, at sample ``640 (i + 1 + D)``; `flush` cuts at the end of the audio
@@ -26,7 +29,7 @@ How each stage gets there incrementally:
   offline past the end), eyes and blinks from a `BlinkSchedule` that runs over the stream's whole life.
 - **rendering**: the condition window of frames ``i - 2 .. i + 2`` from the same cut track; the head pose of
   frame ``i`` from the person's loop (`pose_at`) or still; the frames of a push rendered in shares of at
-  most `RENDER_BATCH` by `StreamConfig.threads` threads.
+  most `RENDER_BATCH` by `StreamConfig.threads` threads (unless ``render=False``).
 
 With the default ``D = 5`` (200 ms) and ``smoothing = 1`` the streamed landmarks of the demo person differ from
 offline ones by 0.005 % of the inter-ocular distance on average (0.04 % in the worst frame; the mouth moves
@@ -122,18 +125,22 @@ class StreamFrame:
 
     index: int
     """Frame number since the stream began (0, 1, 2, ... over all utterances)."""
-    rgb: np.ndarray
-    """[S, S, 3] uint8 image."""
+    rgb: np.ndarray | None
+    """[S, S, 3] uint8 image (None from a stream made with ``render=False``)."""
     audio: np.ndarray
     """[640] float32: the frame's 40 ms of audio (zeros where `SpeechStream.flush` padded it)."""
     landmarks: np.ndarray
     """[68, 3] float32 stabilised landmark offsets (as `PersonModel.landmarks` gives)."""
+    window: np.ndarray
+    """[5, 68, 3] float32 the landmarks of frames ``index - 2 .. index + 2`` it is rendered from."""
+    c2w: np.ndarray
+    """[4, 4] float32 its camera: ``rgb`` is ``PersonModel.render(window[None], c2w[None], size)[0]``."""
 
 
 class SpeechStream:
     """Audio chunks in, frames out, ``delay_frames`` behind the audio (see the module docstring)."""
 
-    def __init__(self, model: PersonModel, config: StreamConfig = StreamConfig()) -> None:
+    def __init__(self, model: PersonModel, config: StreamConfig = StreamConfig(), render: bool = True) -> None:
         if model.person.feature_kind != "mel":
             raise InputError(f"this person model uses {model.person.feature_kind!r} audio features, which need the "
                              f"whole utterance at once; live streaming needs a person trained with mel features")
@@ -141,6 +148,8 @@ class SpeechStream:
             raise InputError(f"live streaming needs a person model at {FPS} fps, this one is at {model.fps:g}")
         self.model = model
         self.config = config
+        self.render = render
+        """Whether frames come rendered (else ``rgb`` is None, for the caller to render elsewhere)."""
         self.delay_frames = int(config.lookahead)
         """Frames a frame waits for after its own audio (its look-ahead)."""
         self._extractor = get_extractor("mel")
@@ -213,23 +222,27 @@ class SpeechStream:
         if not indices:
             return []
         windows = np.stack([self._window(i, min(i + 1 + self.delay_frames, self._complete)) for i in indices])
-        c2w = pose_at(self.model.person.c2w, np.asarray(indices), self.config.pose)
+        c2w = pose_at(self.model.person.c2w, np.asarray(indices), self.config.pose).astype(np.float32)
+        rgb = self._render(windows, c2w) if self.render else [None] * len(indices)
+        frames = []
+        for j, i in enumerate(indices):
+            start = i * FRAME_SAMPLES - self._audio_start
+            frames.append(StreamFrame(index=i, rgb=rgb[j], audio=self._audio[start:start + FRAME_SAMPLES].copy(),
+                                      landmarks=windows[j, HALF_WINDOW], window=windows[j], c2w=c2w[j]))
+        self._sent = stop
+        self._trim()
+        return frames
+
+    def _render(self, windows: np.ndarray, c2w: np.ndarray) -> np.ndarray:
+        """Frames [B, S, S, 3] uint8 of windows [B, 5, 68, 3] and cameras [B, 4, 4], in shares on threads."""
         def render(share: tuple[int, int]) -> np.ndarray:  # [hi - lo, S, S, 3]
             with torch.inference_mode():  # grad mode is per thread
                 return self.model.render(windows[share[0]:share[1]], c2w[share[0]:share[1]], self.config.size)
 
-        shares = _shares(len(indices), self.config.threads)
+        shares = _shares(len(windows), self.config.threads)
         parts = (map(render, shares) if len(shares) == 1
                  else _render_pool(self.config.threads).map(render, shares))
-        frames = []
-        for j, rgb in enumerate(np.concatenate(list(parts))):
-            i = indices[j]
-            start = i * FRAME_SAMPLES - self._audio_start
-            frames.append(StreamFrame(index=i, rgb=rgb, audio=self._audio[start:start + FRAME_SAMPLES].copy(),
-                                      landmarks=windows[j, HALF_WINDOW].copy()))
-        self._sent = stop
-        self._trim()
-        return frames
+        return np.concatenate(list(parts))
 
     def _window(self, i: int, cut: int) -> np.ndarray:
         """Stabilised landmarks [5, 68, 3] of frames ``i - 2 .. i + 2`` (clamped to ``0 .. cut - 1``) from

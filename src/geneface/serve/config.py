@@ -43,7 +43,7 @@ class ServeConfig:
     max_live: int = opt(4, min=1, max=64)
     """Live sessions at once (more are refused with a message)."""
     live_workers: int = opt(2, min=1, max=64)
-    """Threads that compute live frames, shared by all sessions."""
+    """Processes that render live frames, shared by all sessions (one per core suits a CPU)."""
 
     def __post_init__(self) -> None:
         check_config(self)

@@ -23,6 +23,14 @@ behind real time (audio played from when it began to arrive) drops its oldest wa
 ``dropped``, in frames of 40 ms), so that latency stays bounded on a machine too slow for real time; audio sent
 faster than real time (a burst of synthesised speech) is not dropped while the frames keep up with real time.
 With ``"drop_late": false`` every sample becomes a frame, however late (at most `MAX_QUEUED_S` may wait).
+While other sessions share the render processes, a session that falls `REDUCE_AFTER_S` behind renders its frames
+smaller (`REDUCED`, then shown at its size: blurrier, as many) until it has kept up for `RESTORE_AFTER_S`; a
+session alone always gets the model's full render (``reduced`` counts the frames rendered smaller).
+
+Where the work happens: a session's stream steps (features, motion) run on a thread of the server, its frames
+render in the processes of a `RenderPool` shared by all sessions (``--live-workers``), at most one more per
+session than there are processes (enough to keep them busy, few enough that frames do not wait long in line);
+the next push's motion runs while this one's frames render, and frames go out in order as they are done.
 """
 
 from __future__ import annotations
@@ -36,15 +44,16 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from ..constants import AUDIO_RATE, FPS
 from ..errors import GeneFaceError, InputError
-from ..infer.stream import SpeechStream, StreamConfig
+from ..infer.stream import SpeechStream, StreamConfig, StreamFrame
+from .renderers import RenderFailed, RenderPool
 from .store import Models, NotFound, Work, new_id
 
 log = logging.getLogger(__name__)
@@ -72,6 +81,12 @@ MAX_QUEUED_S = 120.0
 PUSH_SAMPLES = 2 * FRAME_SAMPLES
 """Audio handed to the stream at once (at most): frames go out as soon as they are made, not a backlog's worth
 at a time."""
+REDUCED = (0.75, 0.5)
+"""Render sizes (of the session's size) a session sharing the render processes steps down to when behind."""
+REDUCE_AFTER_S = 0.3
+"""Audio waiting (behind real time) that makes a session sharing the render processes render smaller."""
+RESTORE_AFTER_S = 5.0
+"""Time a session renders smaller, keeping up, before it tries the next size up."""
 MAX_CHUNK_BYTES = 1 << 20
 """Largest binary message (16 s of audio)."""
 MAX_TEXT_BYTES = 4096
@@ -79,6 +94,8 @@ MAX_TEXT_BYTES = 4096
 STATS_EVERY_S = 1.0
 CLOSE_PROTOCOL = 1008
 """WebSocket close code for a client that broke the protocol (policy violation)."""
+CLOSE_ERROR = 1011
+"""WebSocket close code for a failure of the server's."""
 CLOSE_BUSY = 1013
 """WebSocket close code when every live slot is taken (try again later)."""
 
@@ -178,13 +195,15 @@ class Timeline:
 
 
 class Live:
-    """The live sessions of the app: a bounded number of them, computing on a shared pool of threads."""
+    """The live sessions of the app: a bounded number of them, each stepping its stream on a thread of its own,
+    all rendering on one pool of ``workers`` processes."""
 
     def __init__(self, work: Work, models: Models, max_sessions: int, workers: int) -> None:
         self.work = work
         self.models = models
         self.max_sessions = max_sessions
-        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="geneface-live")
+        self.executor = ThreadPoolExecutor(max_workers=max_sessions, thread_name_prefix="geneface-live")
+        self.renderers = RenderPool(workers, models.device)
         self._lock = threading.Lock()
         self.sessions: dict[str, "Session"] = {}
 
@@ -194,6 +213,7 @@ class Live:
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.renderers.close()
 
     async def serve(self, ws: WebSocket) -> None:
         """One WebSocket connection, start to end (see the module docstring)."""
@@ -218,18 +238,22 @@ class Live:
             path = self.work.person_path(start.person)
             loop = asyncio.get_running_loop()
             model = await loop.run_in_executor(self.executor, self.models.get, path)
-            stream = await loop.run_in_executor(self.executor, SpeechStream, model, start.config)
-            session = Session(session_id, ws, self.executor, stream, model, start)
+            stream = await loop.run_in_executor(self.executor, SpeechStream, model, start.config, False)
+            await self.renderers.load(path)
+            session = Session(session_id, ws, self, path, stream, start)
             self.sessions[session_id] = session
             log.info(f"live session {session_id}: {start.person} ({ws.client.host if ws.client else '?'})")
             await session.run()
         except WebSocketDisconnect:
             pass
+        except RenderFailed as e:
+            log.error(f"live session {session_id}: {e}")
+            await _refuse(ws, str(e), CLOSE_ERROR)
         except (GeneFaceError, NotFound) as e:
             await _refuse(ws, str(e), CLOSE_PROTOCOL)
         except Exception:
             log.exception("live session failed")
-            await _refuse(ws, "internal error in the live session; the server's log has the details", 1011)
+            await _refuse(ws, "internal error in the live session; the server's log has the details", CLOSE_ERROR)
         finally:
             if session_id is not None:
                 with self._lock:
@@ -251,16 +275,25 @@ async def _refuse(ws: WebSocket, message: str, code: int) -> None:
 class Session:
     """One client's stream: its queue of audio and controls, the idle clock, and the frames it is sent."""
 
-    def __init__(self, session_id: str, ws: WebSocket, executor: ThreadPoolExecutor, stream: SpeechStream,
-                 model, start: Start) -> None:
+    def __init__(self, session_id: str, ws: WebSocket, live: Live, path: Path, stream: SpeechStream,
+                 start: Start) -> None:
         self.id = session_id
         self.ws = ws
-        self.executor = executor
+        self.live = live
+        self.executor = live.executor
+        self.renderers = live.renderers
+        self.path = path
         self.stream = stream
         self.start = start
         self.fps = float(stream.fps)
         self.size = int(stream.size)
         self.timeline = Timeline()
+        # frames rendering, in order: (index, audio_end, idle, audio [640], JPEG future), one slot each
+        self.outbox: asyncio.Queue[tuple[int, int, bool, np.ndarray, asyncio.Future]] = asyncio.Queue()
+        self.slots = asyncio.Semaphore(self.renderers.processes + 1)
+        self.scale = 0  # render at the full size (0) or REDUCED[scale - 1]
+        self.scaled_at = 0.0  # when scale last changed
+        self.behind_at = 0.0  # when the session was last behind
         self.items: deque[tuple[str, object]] = deque()  # ("audio", (samples, client end)) or ("flush", None) ...
         self.wake = asyncio.Event()
         self.received = 0  # client samples received
@@ -272,13 +305,14 @@ class Session:
         self.idle_fed = 0
         self.sent = 0
         self.idle_frames = 0
+        self.reduced = 0  # frames rendered smaller
         self.dropped_samples = 0  # client audio dropped (backlog)
         self.compute_s = 0.0
         self.stopping = False
         self.next_stats = 0.0
 
     def summary(self) -> dict:
-        return {"frames": self.sent, "idle_frames": self.idle_frames,
+        return {"frames": self.sent, "idle_frames": self.idle_frames, "reduced": self.reduced,
                 "dropped": int(round(self.dropped_samples / FRAME_SAMPLES)),
                 "audio_seconds": round(self.received / AUDIO_RATE, 3)}
 
@@ -288,16 +322,21 @@ class Session:
             "sample_rate": AUDIO_RATE, "frame_samples": FRAME_SAMPLES, "delay_frames": self.stream.delay_frames,
             "idle": self.start.idle, "audio": self.start.audio, "format": "jpeg", "header": "<IIQ",
             "drop_late": self.start.drop_late, "max_backlog_s": MAX_BACKLOG_S}))
-        reader = asyncio.create_task(self._read())
-        pump = asyncio.create_task(self._pump())
+        tasks = {asyncio.create_task(self._read()), asyncio.create_task(self._pump()),
+                 asyncio.create_task(self._deliver())}
         try:
-            done, _ = await asyncio.wait({reader, pump}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()  # raise what ended it
         finally:
-            for task in (reader, pump):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(reader, pump, return_exceptions=True)
+            while not self.outbox.empty():  # frames no one will send
+                jpeg = self.outbox.get_nowait()[-1]
+                if not jpeg.cancel() and not jpeg.cancelled():
+                    jpeg.exception()  # done (a failure that ended the session, or no matter now)
+            # not gather: a task cancelled here would make this task's own cancellation look like another
+            await asyncio.wait(tasks)
 
     # --- the client's messages ----------------------------------------------------------------------
     async def _read(self) -> None:
@@ -396,20 +435,21 @@ class Session:
                     audio = np.concatenate([c[0] for c in chunks])  # type: ignore[index]
                     self.queued -= len(audio)
                     self.timeline.fed(len(audio), chunks[-1][1])  # type: ignore[index]
-                    await self._send(await loop.run_in_executor(self.executor, self._compute, "push", audio))
+                    await self._render(await loop.run_in_executor(self.executor, self._step, "push", audio))
                     if self.queued == 0:
                         self.clock = None  # caught up with the client
                 elif kind == "flush" or kind == "stop":
-                    frames = await loop.run_in_executor(self.executor, self._compute, "flush", None)
+                    frames = await loop.run_in_executor(self.executor, self._step, "flush", None)
                     self.timeline.fed(max(0, len(frames) * FRAME_SAMPLES - self.timeline.held), None)
-                    await self._send(frames)
+                    await self._render(frames)
                     self.timeline.clear(self.received)
                     if kind == "stop":
+                        await self.outbox.join()
                         await self.ws.send_text(json.dumps({"type": "end", **self.summary()}))
                         await self.ws.close(1000)
                         return
                 elif kind == "interrupt":
-                    await loop.run_in_executor(self.executor, self._compute, "interrupt", None)
+                    await loop.run_in_executor(self.executor, self._step, "interrupt", None)
                     self.timeline.clear(self.received)
                     self.clock = None if self.queued == 0 else self.clock
                     self.idle_since = None
@@ -426,6 +466,7 @@ class Session:
         self.next_stats = now + STATS_EVERY_S
         await self.ws.send_text(json.dumps({
             "type": "stats", **self.summary(), "backlog_ms": round(self.queued / AUDIO_RATE * 1000),
+            "render_size": self.render_size,
             "compute_ms_per_frame": round(self.compute_s / max(1, self.sent) * 1000, 1)}))
 
     async def _idle(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -443,11 +484,10 @@ class Session:
         due = min(due, FRAME_SAMPLES * 5)  # a slow machine catches up a little at a time
         self.idle_fed += due
         self.timeline.fed(due, None)
-        await self._send(await loop.run_in_executor(self.executor, self._compute, "push",
-                                                    np.zeros(due, np.float32)))
+        await self._render(await loop.run_in_executor(self.executor, self._step, "push", np.zeros(due, np.float32)))
 
-    def _compute(self, op: str, audio: np.ndarray | None) -> list[tuple[int, bytes, np.ndarray]]:
-        """In a worker thread: the stream's step, and each new frame as JPEG."""
+    def _step(self, op: str, audio: np.ndarray | None) -> list[StreamFrame]:
+        """In a worker thread: the stream's step; its new frames, not yet rendered."""
         t0 = time.perf_counter()
         with torch.inference_mode():
             if op == "push":
@@ -457,22 +497,52 @@ class Session:
             else:
                 self.stream.interrupt()
                 frames = []
-        params = [cv2.IMWRITE_JPEG_QUALITY, self.start.quality]
-        out = []
-        for frame in frames:
-            ok, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(frame.rgb[..., ::-1]), params)
-            out.append((int(frame.index), jpeg.tobytes(), np.asarray(frame.audio, np.float32)))
         self.compute_s += time.perf_counter() - t0
-        return out
+        return frames
 
-    async def _send(self, frames: list[tuple[int, bytes, np.ndarray]]) -> None:
-        for index, jpeg, audio in frames:
+    async def _render(self, frames: list[StreamFrame]) -> None:
+        """Start rendering ``frames`` (in order), each once a slot is free; `_deliver` sends them."""
+        for frame in frames:
+            await self.slots.acquire()
             audio_end, idle = self.timeline.frame()
+            self._rescale()
+            size = self.render_size
+            jpeg = asyncio.ensure_future(self.renderers.render(
+                self.path, frame.window[None], frame.c2w[None], size, self.size, self.start.quality))
+            self.outbox.put_nowait((frame.index, audio_end, idle, frame.audio, jpeg))
+            self.reduced += size != self.size
+
+    @property
+    def render_size(self) -> int:
+        """The size frames render at now."""
+        return self.size if not self.scale else max(8, round(self.size * REDUCED[self.scale - 1] / 8) * 8)
+
+    def _rescale(self) -> None:
+        """Render smaller while other sessions share the render processes and this one is behind; a size up
+        once it has kept up for `RESTORE_AFTER_S` (see the module docstring)."""
+        now = time.monotonic()
+        if self.live.active <= 1:
+            self.scale = 0
+        elif self.queued > REDUCE_AFTER_S * AUDIO_RATE:
+            self.behind_at = now
+            if self.scale < len(REDUCED) and now - self.scaled_at > 1.0:  # a second to show its effect
+                self.scale, self.scaled_at = self.scale + 1, now
+        elif self.scale and now - max(self.scaled_at, self.behind_at) > RESTORE_AFTER_S:
+            self.scale, self.scaled_at = self.scale - 1, now
+
+    async def _deliver(self) -> None:
+        """Send the frames as they are rendered, in order."""
+        while True:
+            index, audio_end, idle, audio, jpeg = await self.outbox.get()
+            images, seconds = await jpeg
             flags = (FLAG_IDLE if idle else 0) | (FLAG_AUDIO if self.start.audio else 0)
             parts = [HEADER.pack(index, flags, audio_end)]
             if self.start.audio:
                 parts.append(np.ascontiguousarray(audio, dtype="<f4").tobytes())
-            parts.append(jpeg)
+            parts.append(images[0])
             await self.ws.send_bytes(b"".join(parts))
+            self.compute_s += seconds
             self.sent += 1
             self.idle_frames += idle
+            self.slots.release()
+            self.outbox.task_done()
