@@ -13,6 +13,7 @@ from geneface.errors import InputError
 from geneface.face import LANDMARKS_68, FaceMesh, interocular
 from geneface.fileio import read_npz
 from geneface.media import probe, read_audio, read_video
+from geneface.process.avsync import IN_SYNC_MS, MIN_CONFIDENCE
 from geneface.synth import SynthConfig, synthesize
 from geneface.synth.degrade import DegradeConfig, degrade, offset_samples, shift_audio, truth_at
 
@@ -81,6 +82,11 @@ def test_portrait_30fps_becomes_25fps_in_process(clip30, tmp_path):
     ds = PersonDataset(tmp_path / "data")
     assert ds.fps == FPS and ds.num_frames == 2.0 * FPS
     assert len(ds.audio()) / AUDIO_RATE == pytest.approx(2.0, abs=0.05)
+    # and in sync: the 30 -> 25 fps resampling moves neither against the other, so nothing is shifted (2 s is too
+    # short for a confident estimate; the 12 s portrait clip of benchmarks/robustness.py measures it)
+    offset = ds.meta["av_offset"]
+    assert offset["applied_ms"] == 0, offset
+    assert offset["confidence"] < MIN_CONFIDENCE or abs(offset["estimated_ms"]) <= IN_SYNC_MS, offset
     # its landmarks are those of the truth at the dataset's 25 fps times
     gt = truth_at(truth, np.arange(ds.num_frames) / FPS)["mesh"]
     x0, y0, side = ds.meta["crop"]
