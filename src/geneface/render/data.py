@@ -110,8 +110,10 @@ class RenderData:
                 p = cv2.resize(p, (size, size), interpolation=cv2.INTER_NEAREST)
             frames[i], labels[i] = f, p
         bg = ds.background()
+        unseen = ds.background_unseen().astype(np.uint8) * 255
         if size != ds.size:
             bg = cv2.resize(bg, (size, size), interpolation=cv2.INTER_AREA)
+            unseen = cv2.resize(unseen, (size, size), interpolation=cv2.INTER_AREA)
         with memory_errors(self.device, f"while loading {t} frames of {size} px", f"use a smaller --size (e.g. "
                                                                             f"{max(16, size // 2)})"):
             self.frames = torch.from_numpy(frames).to(self.device)  # [T, S, S, 3] uint8
@@ -123,13 +125,16 @@ class RenderData:
         x0, y0, x1, y1 = self.valid_box
         self.valid = torch.zeros(size, size, dtype=torch.bool, device=self.device)  # [S, S]
         self.valid[y0:y1, x0:x1] = True
+        # [S, S] bool: where no training frame showed the background (partly, at a smaller size)
+        self.unseen = torch.from_numpy(unseen > 0).to(self.device) & self.valid
         self.mouth_boxes = self._boxes(MOUTH_68, 0.3)  # [T, 4] x0, y0, x1, y1
         self.eye_boxes = self._boxes(EYES_68, 0.5)  # [T, 4]
         opening = eye_opening(self.landmarks_head())
         self.eye_rarity = torch.from_numpy(eye_rarity(opening, opening[self.train_idx.cpu().numpy()])
                                            .astype(np.float32)).to(self.device)  # [T] 1 at a full blink
         self.head_boxes = self._label_boxes(1, margin=max(2, size // 32))  # [T, 4]
-        self.torso_pixels = (self.torso_region() & self.valid).reshape(-1).nonzero()[:, 0]  # flat pixel indices
+        # the torso phase's pixels: where the torso may be and where the background is still to be learned
+        self.torso_pixels = ((self.torso_region() | self.unseen) & self.valid).reshape(-1).nonzero()[:, 0]
         self.surface = self._surface(pose)  # [T, V, 3] pixel x, y and camera depth of mesh vertices, or None
 
     @property
@@ -281,7 +286,8 @@ class RenderData:
         eye share from the eyes' box, the rest from the head's bounding box; with ``patch`` > 0 the first
         ``patch``^2 pixels of each frame are instead a square patch (row-major) at a random place over the
         mouth box; the last ``depth_fraction`` go through tracked mesh vertices and carry their depth.
-        torso phase: frames uniformly, pixels anywhere in the torso's region. Every pixel lies in `valid_box`
+        torso phase: frames uniformly, pixels anywhere in the torso's region or where the background was never
+        seen (`unseen`). Every pixel lies in `valid_box`
         (padding is never sampled; a mesh vertex in the padding gives a ray without depth at the box's edge).
         """
         dev = self.device
