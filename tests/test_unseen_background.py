@@ -103,16 +103,16 @@ def test_correction_only_where_never_seen_and_learned_there(data):
     assert changed.any() and not changed[~unseen].any()
 
 
-def test_alpha_is_free_on_never_seen_background_labels(data):
+def test_correction_learns_only_from_pixels_labelled_background(data):
     model = new_model(data)
+    model.unseen.fill_(True)
     batch = data.sample(2, 64, "torso", generator=torch.Generator().manual_seed(1))
-    batch = replace(batch, label=torch.zeros_like(batch.label))
-    model.unseen.fill_(True)  # every ray: never seen and labelled background, so no alpha target
-    losses, _ = model.torso_loss_dict(batch)
-    assert losses["alpha"] == 0
-    model.unseen.fill_(False)  # seen background: alpha is pulled to 0
-    losses, _ = model.torso_loss_dict(batch)
-    assert losses["alpha"] > 0
+    for label, learns in ((0, True), (2, False)):  # a person pixel is no evidence of what is behind it
+        model.zero_grad()
+        losses, _ = model.torso_loss_dict(replace(batch, label=torch.full_like(batch.label, label)),
+                                          background_weight=0.0)
+        sum(losses.values()).backward()
+        assert (model.background_residual.grad.abs().sum() > 0) == learns
 
 
 def test_model_saved_before_loads_and_renders_as_before(data, tmp_path):

@@ -133,8 +133,7 @@ class RenderData:
         self.eye_rarity = torch.from_numpy(eye_rarity(opening, opening[self.train_idx.cpu().numpy()])
                                            .astype(np.float32)).to(self.device)  # [T] 1 at a full blink
         self.head_boxes = self._label_boxes(1, margin=max(2, size // 32))  # [T, 4]
-        # the torso phase's pixels: where the torso may be and where the background is still to be learned
-        self.torso_pixels = ((self.torso_region() | self.unseen) & self.valid).reshape(-1).nonzero()[:, 0]
+        self.torso_pixels = (self.torso_region() & self.valid).reshape(-1).nonzero()[:, 0]  # flat pixel indices
         self.surface = self._surface(pose)  # [T, V, 3] pixel x, y and camera depth of mesh vertices, or None
 
     @property
@@ -286,8 +285,7 @@ class RenderData:
         eye share from the eyes' box, the rest from the head's bounding box; with ``patch`` > 0 the first
         ``patch``^2 pixels of each frame are instead a square patch (row-major) at a random place over the
         mouth box; the last ``depth_fraction`` go through tracked mesh vertices and carry their depth.
-        torso phase: frames uniformly, pixels anywhere in the torso's region or where the background was never
-        seen (`unseen`). Every pixel lies in `valid_box`
+        torso phase: frames uniformly, pixels anywhere in the torso's region. Every pixel lies in `valid_box`
         (padding is never sampled; a mesh vertex in the padding gives a ray without depth at the box's edge).
         """
         dev = self.device
