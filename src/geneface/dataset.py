@@ -108,6 +108,14 @@ class PersonDataset:
         """Static background [size, size, 3] uint8 RGB."""
         return _read_image(self.root / "background.png")[..., ::-1].copy()
 
+    def background_unseen(self) -> np.ndarray:
+        """[size, size] bool: True where no training frame showed the background (`background` is inpainted
+        there; ``background_unseen.png``). All False for datasets written before the file existed."""
+        path = self.root / "background_unseen.png"
+        if not path.exists():
+            return np.zeros((self.size, self.size), bool)
+        return _read_image(path, cv2.IMREAD_GRAYSCALE) > 127
+
     @property
     def valid_box(self) -> tuple[int, int, int, int]:
         """(x0, y0, x1, y1), half-open: the frames' real pixels; outside it the crop reached past the source

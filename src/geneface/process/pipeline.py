@@ -498,9 +498,11 @@ def step_background(ctx: Context) -> None:
                        for i in pick])
     box = ctx.valid_box
     image, never = masks_mod.estimate_background(frames, person, margin=max(2, ctx.config.size // 64), valid=box)
+    valid = valid_mask(box, ctx.config.size)
+    with atomic_path(ctx.out / "background_unseen.png") as tmp:  # where the image above is inpainted
+        cv2.imwrite(str(tmp), ((never & valid) * 255).astype(np.uint8))
     with atomic_path(ctx.out / "background.png") as tmp:
         cv2.imwrite(str(tmp), image[..., ::-1])
-    valid = valid_mask(box, ctx.config.size)
     ctx.info["background_inpainted"] = round(float(never[valid].mean()), 4)  # of the real pixels
 
 

@@ -110,8 +110,10 @@ class RenderData:
                 p = cv2.resize(p, (size, size), interpolation=cv2.INTER_NEAREST)
             frames[i], labels[i] = f, p
         bg = ds.background()
+        unseen = ds.background_unseen().astype(np.uint8) * 255
         if size != ds.size:
             bg = cv2.resize(bg, (size, size), interpolation=cv2.INTER_AREA)
+            unseen = cv2.resize(unseen, (size, size), interpolation=cv2.INTER_AREA)
         with memory_errors(self.device, f"while loading {t} frames of {size} px", f"use a smaller --size (e.g. "
                                                                             f"{max(16, size // 2)})"):
             self.frames = torch.from_numpy(frames).to(self.device)  # [T, S, S, 3] uint8
@@ -123,6 +125,8 @@ class RenderData:
         x0, y0, x1, y1 = self.valid_box
         self.valid = torch.zeros(size, size, dtype=torch.bool, device=self.device)  # [S, S]
         self.valid[y0:y1, x0:x1] = True
+        # [S, S] bool: where no training frame showed the background (partly, at a smaller size)
+        self.unseen = torch.from_numpy(unseen > 0).to(self.device) & self.valid
         self.mouth_boxes = self._boxes(MOUTH_68, 0.3)  # [T, 4] x0, y0, x1, y1
         self.eye_boxes = self._boxes(EYES_68, 0.5)  # [T, 4]
         opening = eye_opening(self.landmarks_head())

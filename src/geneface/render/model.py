@@ -56,8 +56,13 @@ class ModelConfig:
     """How the landmark condition weighs its 5-frame window: ``centred`` (a symmetric kernel peaked at the
     frame, the eyes from the frame alone, so blinks and lips are never shifted in time) or ``free`` (any
     learned weights; models saved before this option)."""
+    background_cell: int = 0
+    """Training pixels per side of a cell of a learned background correction: a plane added to the
+    background only where no training frame showed it (`RenderModel.unseen`, inpainted there), upsampled
+    bilinearly; 0: none. Off by default: on a tightly framed clip (76% inpainted) it did not raise the
+    validation PSNR at 600 steps (-0.1 to -0.35 dB full frame) and fringed revealed areas at new poses."""
 
-    LEGACY = {"window": "free"}  # runs saved before the option existed keep what they were trained with
+    LEGACY = {"window": "free", "background_cell": 0}  # runs saved before an option keep what they were trained with
 
 
 @dataclass
@@ -171,6 +176,14 @@ class RenderModel(Savable, nn.Module):
         self.register_buffer("K", torch.tensor(g.intrinsics, dtype=torch.float32))
         self.register_buffer("background", torch.zeros(self.size, self.size, 3, dtype=torch.uint8))
         self.register_buffer("torso_region", torch.ones(self.size, self.size, dtype=torch.bool))
+        if c.background_cell > 0:
+            side = -(-self.size // c.background_cell)
+            self.background_residual = nn.Parameter(torch.zeros(1, 3, side, side))  # colour correction, [0, 1] units
+            self.register_buffer("unseen", torch.zeros(self.size, self.size, dtype=torch.bool))  # where it applies
+        else:  # saved models without it load and render as before
+            self.register_parameter("background_residual", None)
+            self.register_buffer("unseen", None)
+        self._background_cache: dict = {}
         self.register_buffer("pose_mean", torch.zeros(12))
         self.register_buffer("pose_std", torch.ones(12))
         self.amp_dtype: torch.dtype | None = None  # the fields run under autocast with this dtype (None: fp32)
@@ -179,11 +192,16 @@ class RenderModel(Savable, nn.Module):
         return autocast(self.K.device, self.amp_dtype)
 
     # --- person data ------------------------------------------------------------------------------
-    def set_person(self, background: Tensor, torso_region: Tensor, c2w: Tensor, offsets: Tensor) -> None:
+    def set_person(self, background: Tensor, torso_region: Tensor, c2w: Tensor, offsets: Tensor,
+                   unseen: Tensor | None = None) -> None:
         """Store the background [S, S, 3] uint8, the torso's pixel region [S, S] bool, and the pose and
-        landmark statistics of the training frames (c2w [T, 4, 4], offsets [T, 68, 3])."""
+        landmark statistics of the training frames (c2w [T, 4, 4], offsets [T, 68, 3]). ``unseen`` [S, S] bool:
+        where the background was never seen (inpainted), the only pixels its learned correction may change
+        (default: none)."""
         self.background.copy_(background)
         self.torso_region.copy_(torso_region)
+        if self.unseen is not None:
+            self.unseen.copy_(unseen if unseen is not None else torch.zeros_like(self.unseen))
         p = c2w[:, :3, :4].reshape(-1, 12)
         self.pose_mean.copy_(p.mean(0))
         self.pose_std.copy_(p.std(0).clamp_min(1e-3))
@@ -405,12 +423,31 @@ class RenderModel(Savable, nn.Module):
             alpha = alpha.index_put((idx,), a.float())
         return rgb, alpha
 
+    def background_correction(self) -> Tensor:
+        """The learned background correction [S, S, 3] ([0, 1] units): the plane upsampled bilinearly, zero
+        wherever the background was seen (outside `unseen`) and everywhere for models without it."""
+        if self.background_residual is None:
+            return torch.zeros(self.size, self.size, 3, device=self.K.device)
+        up = F.interpolate(self.background_residual, size=(self.size, self.size), mode="bilinear",
+                           align_corners=False)[0].permute(1, 2, 0)
+        return up * self.unseen[..., None]
+
     def background_at(self, size: int) -> Tensor:
-        """The background [size, size, 3] float in [0, 1]."""
+        """The background [size, size, 3] float in [0, 1], corrected where it was never seen. Without gradients
+        it is computed once per size and kept until the weights change."""
+        grad = torch.is_grad_enabled()
+        parts = [t for t in (self.background, self.background_residual, self.unseen) if t is not None]
+        key = (size, *((t.device, t.data_ptr(), t._version) for t in parts))  # _version: bumped by in-place writes
+        if not grad and self._background_cache.get("key") == key:
+            return self._background_cache["image"]
         bg = self.background.float().div(255)
+        if self.background_residual is not None:
+            bg = (bg + self.background_correction()).clamp(0, 1)
         if size != self.size:
             bg = F.interpolate(bg.permute(2, 0, 1)[None], size=(size, size), mode="bilinear", antialias=True,
                                align_corners=False)[0].permute(1, 2, 0)
+        if not grad:
+            self._background_cache = {"key": key, "image": bg}
         return bg
 
     # --- full frames -----------------------------------------------------------------------------
@@ -505,10 +542,13 @@ class RenderModel(Savable, nn.Module):
             losses["perceptual"] = perceptual_weight * perceptual(patches(pred), patches(target)).mean()
         return losses, over(out["rgb"], out["alpha"], torch.where(is_head[:, None], batch.bg, batch.rgb))
 
-    def torso_loss_dict(self, batch: RayBatch, alpha_weight: float = 0.02, code_weight: float = 1e-3
-                        ) -> tuple[dict[str, Tensor], Tensor]:
+    def torso_loss_dict(self, batch: RayBatch, alpha_weight: float = 0.02, code_weight: float = 1e-3,
+                        background_weight: float = 0.1) -> tuple[dict[str, Tensor], Tensor]:
         """Torso phase (head frozen): head over torso over background should give the frame; the torso's
-        alpha follows the torso label where the head does not cover it."""
+        alpha follows the torso label where the head does not cover it. The background's learned correction
+        (`background_correction`, if the model has one) learns from the colour of the pixels labelled
+        background (where head and torso leave it visible; a person pixel is no evidence of what is behind
+        it), pulled toward the inpainting with ``background_weight`` (relative to the colour loss)."""
         with torch.no_grad():
             cond = self.condition(batch.window)
             o, d = _batch_rays(batch, self.K)
@@ -517,12 +557,19 @@ class RenderModel(Savable, nn.Module):
         code = self.torso_codes(batch.frames)
         t_rgb, t_alpha = self.render_torso(batch.u, batch.v, self.size, self.pose_features(batch.c2w),
                                            batch.ray_frame, code)
-        pred = over(head["rgb"], head["alpha"], over(t_rgb * t_alpha[:, None], t_alpha, batch.bg))
-        free = batch.label != 1
+        bg, free = batch.bg, batch.label != 1
+        if self.background_residual is not None:
+            vi, ui = batch.v.long().clamp(0, self.size - 1), batch.u.long().clamp(0, self.size - 1)
+            correction = self.background_correction()[vi, ui]  # [N, 3]
+            shows = (batch.label == 0)[:, None]  # only a pixel labelled background shows it: the rest of the
+            bg = (bg + torch.where(shows, correction, correction.detach())).clamp(0, 1)  # person is no evidence
+        pred = over(head["rgb"], head["alpha"], over(t_rgb * t_alpha[:, None], t_alpha, bg))
         target = (batch.label == 2).float()
         alpha_loss = ((t_alpha - target).pow(2) * free).sum() / free.sum().clamp_min(1)
         losses = {"rgb": F.mse_loss(pred, batch.rgb), "alpha": alpha_weight * alpha_loss,
                   "code": code_weight * code.pow(2).mean()}
+        if self.background_residual is not None:
+            losses["background"] = background_weight * correction.pow(2).mean()
         return losses, pred
 
     def head_parameters(self) -> list[dict]:
@@ -537,8 +584,11 @@ class RenderModel(Savable, nn.Module):
         planes = list(self.torso.encoding.parameters()) + list(self.torso.coarse.parameters())
         ids = {id(p) for p in planes}
         rest = [p for p in self.torso.parameters() if id(p) not in ids]
-        return [{"params": planes, "lr_scale": 1.0}, {"params": rest, "lr_scale": 1.0},
-                {"params": list(self.torso_codes.parameters()), "lr_scale": 0.1}]
+        groups = [{"params": planes, "lr_scale": 1.0}, {"params": rest, "lr_scale": 1.0},
+                  {"params": list(self.torso_codes.parameters()), "lr_scale": 0.1}]
+        if self.background_residual is not None:
+            groups.append({"params": [self.background_residual], "lr_scale": 0.5})
+        return groups
 
 
 def march_segments(device: torch.device) -> int:

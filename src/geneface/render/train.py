@@ -81,6 +81,9 @@ class RenderTrainConfig:
     """Share of the head rays that pass through tracked mesh vertices (for that loss)."""
     torso_alpha_weight: float = opt(0.02, min=0.0, max=1000.0)
     """Weight of the torso-alpha-vs-torso-label loss (torso phase)."""
+    background_weight: float = opt(0.1, min=0.0, max=1000.0)
+    """Pull of the background's learned correction (where the background was never seen) toward the
+    inpainting, relative to the colour loss (torso phase)."""
     perceptual_weight: float = opt(0.01, min=0.0, max=1000.0)
     """Weight of the LPIPS loss on mouth patches, used only where LPIPS weights are installed
     (`geneface.lpips`; it adds about 2% to a head step on the CPU)."""
@@ -149,7 +152,7 @@ class RenderTrainer:
     def _new_model(self) -> RenderModel:
         d = self.data
         model = RenderModel(self.config.model, d.geometry()).to(self.device)
-        model.set_person(d.background, d.torso_region(), d.c2w[d.train_idx], d.offsets[d.train_idx])
+        model.set_person(d.background, d.torso_region(), d.c2w[d.train_idx], d.offsets[d.train_idx], d.unseen)
         views = d.train_idx[torch.linspace(0, len(d.train_idx) - 1, min(32, len(d.train_idx))).round().long()]
         model.grid.carve(d.c2w[views], d.K, d.head_masks(views), dilate=max(1, d.size // 64), valid=d.valid)
         return model
@@ -214,7 +217,8 @@ class RenderTrainer:
     @torch.no_grad()
     def validate(self, phase: str) -> dict:
         """Render validation frames: PSNR of the full frame and of the head over the true torso, on the real
-        pixels (`RenderData.valid`: never the padding); a PNG. A dataset without validation frames is validated
+        pixels (`RenderData.valid`: never the padding), and of the full frame where the background was never
+        seen (`RenderData.unseen`, where it has such pixels); a PNG. A dataset without validation frames is validated
         on training frames, and the record says so."""
         d = self.data
         idx, split = (d.val_idx, "val") if len(d.val_idx) else (d.train_idx, "train")
@@ -232,6 +236,8 @@ class RenderTrainer:
                   "train_seconds": round(self.trainer.train_seconds, 2), "wall_seconds": self._wall(),
                   "psnr": round(psnr(_valid_mse(out.rgb, gt, d.valid)), 3),
                   "psnr_head": round(psnr(_valid_mse(head_over, gt, d.valid)), 3)}
+        if d.unseen.any():
+            record["psnr_unseen"] = round(psnr(_valid_mse(out.rgb, gt, d.unseen)), 3)
         rows = []
         for i in range(len(pick)):
             shown = out.rgb[i] if phase == "torso" else head_over[i]
@@ -348,7 +354,8 @@ class RenderTrainer:
                                                   perceptual=self.perceptual,
                                                   perceptual_weight=c.perceptual_weight, patch=self.patch)
         else:
-            losses, _ = self.model.torso_loss_dict(batch, alpha_weight=c.torso_alpha_weight)
+            losses, _ = self.model.torso_loss_dict(batch, alpha_weight=c.torso_alpha_weight,
+                                                   background_weight=c.background_weight)
         return losses
 
 
