@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -85,11 +86,12 @@ def _check_person(out: Path) -> None:
     assert len(frames) == 5 and frames[0].shape == (64, 64, 3) and np.std(frames[0]) > 5
 
 
-def _rerun(argv: list[str], out: Path) -> None:
+def _rerun(argv: list[str], out: Path) -> subprocess.CompletedProcess:
     rerun = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert not list(out.rglob("train_state")) and (out / "person.json").exists()
     _check_person(out)
+    return rerun
 
 
 def test_killed_in_every_stage_and_interrupted_then_rerun_finishes(synthetic_clip, prior, tmp_path):
@@ -105,10 +107,15 @@ def test_killed_in_every_stage_and_interrupted_then_rerun_finishes(synthetic_cli
     assert _kill_inside(argv, "render", out, seed=2).returncode == -signal.SIGKILL
     _rerun(argv, out)
 
+    # the person with --prior starts from copies of the finished dataset and renderer (the same clip and render
+    # settings, so `train all` skips those stages): its kill and rerun are the postnet's alone
     adapted = tmp_path / "adapted"
+    for stage in ("data", "render"):
+        shutil.copytree(out / stage, adapted / stage)
     argv = _argv(synthetic_clip[0], adapted, "postnet", prior)
     assert _kill_inside(argv, "postnet", adapted, seed=3).returncode == -signal.SIGKILL
-    _rerun(argv, adapted)
+    rerun = _rerun(argv, adapted)
+    assert "is already trained; skipping `geneface train render`" in rerun.stderr
 
 
 @pytest.mark.slow
@@ -197,7 +204,6 @@ def test_readers_do_not_block_each_other(tiny_person, tmp_path):
 # --- person models from someone else ------------------------------------------------------------------------
 
 def _copy(tiny_person: Path, dest: Path) -> Path:
-    import shutil
 
     shutil.copytree(tiny_person, dest, ignore=shutil.ignore_patterns("data"))
     return dest
@@ -221,7 +227,6 @@ def test_symlinks_leaving_the_person_folder_are_refused(tiny_person, tmp_path):
     with pytest.raises(InputError, match="links outside the person model"):
         PersonModel.load(root, "cpu")
     root2 = _copy(tiny_person, tmp_path / "q")
-    import shutil
 
     shutil.move(str(root2 / "motion"), str(tmp_path / "elsewhere"))
     (root2 / "motion").symlink_to(tmp_path / "elsewhere")
