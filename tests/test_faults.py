@@ -43,7 +43,7 @@ def prior(tiny_dataset, tmp_path_factory) -> Path:
 def _argv(clip: Path, out: Path, stage: str, prior: Path) -> list[str]:
     """`train all` sized so that each stage lasts a few seconds on one core."""
     argv = [sys.executable, "-m", "geneface.cli", "train", "all", str(clip), "--out", str(out), "--size", "64",
-            "--motion-steps", "60", "--render-steps", "30", "--device", "cpu"]
+            "--motion-steps", "60", "--render-steps", "12", "--device", "cpu"]
     return argv + (["--prior", str(prior)] if stage == "postnet" else ["--motion-preset", "tiny"])
 
 
