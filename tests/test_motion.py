@@ -546,6 +546,9 @@ def test_nan_stops_training_and_keeps_checkpoint(tmp_path, people, monkeypatch):
     assert not (out / "config.json").exists()
 
 
+@pytest.mark.slow(reason="two ranks over gloo, rank 0 alone printing and writing the run, are also "
+                          "test_scale.py::test_two_nodes_lose_one_and_resume_from_the_checkpoint (two torchrun "
+                          "agents of one process each); this is the one-agent --nproc_per_node 2 form")
 def test_ddp_two_gloo_processes(tmp_path, people):
     out = tmp_path / "run"
     # gloo on loopback: the host name may resolve to an interface other processes cannot reach

@@ -23,7 +23,7 @@ from geneface.render.volume import (distortion, distortion_reference, image_rays
                                     render_weights, render_weights_reference)
 
 SIZE = 64  # training size of the tests (the tiny dataset is 128 px)
-STEPS = 240
+STEPS = 160  # validation PSNR 26.5 dB against the 19.6 needed (27.9 after 240 steps)
 PSNR_GAIN_DB = 12.0
 """Smallest lift of the validation PSNR over showing the background alone."""
 
