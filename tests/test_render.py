@@ -251,7 +251,7 @@ def test_save_load_renders_identical_images(trained, device):
 
 def test_resume_after_interruption(tiny_dataset, tmp_path, monkeypatch, device):
     run = tmp_path / "run"
-    config = tiny_config(steps=12, torso_fraction=0.5, rays_per_frame=64, val_every=4, save_every=1e7)
+    config = tiny_config(size=32, steps=12, torso_fraction=0.5, rays_per_frame=64, val_every=4, save_every=1e7)
     trainer = RenderTrainer(tiny_dataset, run, config, device=device, progress=False)
     assert trainer.data.frames.device.type == device
     original = trainer.validate
