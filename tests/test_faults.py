@@ -166,7 +166,7 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tiny_dataset, tm
 def test_a_second_writer_is_refused_at_once_and_a_dead_lock_is_no_obstacle(synthetic_clip, tiny_dataset, prior,
                                                                            tmp_path, capsys):
     out = tmp_path / "person"
-    shutil.copytree(tiny_dataset, out / "data")  # the clip processed at 128 px: the first writer goes straight to motion
+    shutil.copytree(tiny_dataset, out / "data")  # the clip processed at 128 px: the writer goes straight to motion
     argv = _argv(synthetic_clip[0], out, "motion", prior)
     argv[argv.index("--size") + 1] = "128"
     first = subprocess.Popen(argv, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

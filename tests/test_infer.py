@@ -336,9 +336,9 @@ def test_demo_export_needs_retrain(capsys, tmp_path):
     _expect(capsys, ["demo", "--export", str(tmp_path / "m"), "--out", str(tmp_path / "o.mp4")], "add --retrain")
 
 
-@pytest.mark.slow(reason="a rerun with the same settings training nothing is also "
-                          "test_api.py::test_finished_stages_with_other_settings_are_refused_then_forced (train_person, "
-                          "which `train all` calls), and the rerun's skip message test_faults.py's kill test")
+@pytest.mark.slow(reason="a rerun with the same settings training nothing is also test_api.py::"
+                          "test_finished_stages_with_other_settings_are_refused_then_forced (train_person, which "
+                          "`train all` calls), and the rerun's skip message test_faults.py's kill test")
 def test_train_all_then_rerun_skips_finished_stages(synthetic_clip, tmp_path, capsys):
     person = tmp_path / "person"
     argv = ["train", "all", str(synthetic_clip[0]), "--out", str(person), "--size", "64", "--motion-steps", "4",

@@ -146,7 +146,7 @@ def test_lpips_matches_jax_reference(lpips_net, face, device):
     y = np.clip(x + rng.normal(0, 0.2, x.shape), -1, 1).astype(np.float32)
     y[1] = np.roll(x[1], 2, axis=0)
     ref = _jax_lpips(x, y)
-    got = lpips_net(torch.from_numpy(x).permute(0, 3, 1, 2).to(device), torch.from_numpy(y).permute(0, 3, 1, 2).to(device))
+    got = lpips_net(*(torch.from_numpy(a).permute(0, 3, 1, 2).to(device) for a in (x, y)))
     assert got.shape == (2,) and got.device.type == device
     # 1e-4 on the CPU (float32 sums in another order than XLA's); elsewhere 1e-2: CUDA runs convolutions in
     # TF32 (10-bit mantissa) by default. Both distances are above 0.01, a wrong layer changes them by far more.

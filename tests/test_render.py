@@ -119,7 +119,7 @@ def test_distortion_matches_reference(device):
     one[0, 8] = 1
     spread = torch.full((1, 16), 1 / 16)
     pos = (torch.arange(16.0) + 0.5).view(1, -1) / 16
-    d = torch.full((1, 16), 1 / 16)
+    one, spread, pos, d = on(device, one, spread, pos, torch.full((1, 16), 1 / 16))
     assert distortion(one, pos, d) < distortion(spread, pos, d)
 
 
@@ -145,7 +145,12 @@ def test_occupancy_grid_update_and_carve(device):
     grid = OccupancyGrid((-1, -1, -1), (1, 1, 1), resolution=8, threshold=1.0).to(device)
     assert grid.query(points([0.0, 0, 0], [2.0, 0, 0])).tolist() == [True, False]
     seen = []
-    frac = grid.update(lambda x: seen.append(x.device.type) or (x.norm(dim=-1) < 0.5).float() * 10)
+
+    def ball(x: torch.Tensor) -> torch.Tensor:  # density 10 inside radius 0.5
+        seen.append(x.device.type)
+        return (x.norm(dim=-1) < 0.5).float() * 10
+
+    frac = grid.update(ball)
     assert 0 < frac < 0.2 and seen == [device] and grid.density.device.type == device
     assert grid.query(points([0.0, 0, 0], [0.9, 0.9, 0.9])).tolist() == [True, False]
     # carving: a camera looking down +z with a mask covering only the image's left half
