@@ -11,6 +11,20 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import torch  # noqa: E402  (after the OpenMP settings, which torch reads when it loads)
+
+
+def available_devices() -> list[str]:
+    """The torch devices of this machine the ``device`` fixture runs on: always the CPU, then CUDA and Apple
+    MPS where torch sees them."""
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    return found
+
 
 CHROMIUM = ("chromium", "chromium-browser", "google-chrome")
 """Browsers the browser tests drive (the first found on PATH), with ``chromedriver``."""
@@ -97,6 +111,14 @@ def tiny_person(tmp_path_factory, synthetic_clip, tiny_dataset) -> Path:
     finally:
         torch.set_num_threads(threads)
     return root
+
+
+@pytest.fixture(scope="module", params=available_devices())
+def device(request) -> str:
+    """A device name (``cpu``, ``cuda``, ``mps``; the test ids, so ``pytest -k cuda`` selects a device) for
+    tests of tensor code: each runs once on every device present. Module-scoped so that a module's
+    device-bound fixtures (a trained tiny model) are built once per device, and its other module fixtures once."""
+    return request.param
 
 
 @pytest.fixture(scope="session")

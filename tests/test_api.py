@@ -114,14 +114,21 @@ def test_finished_stages_with_other_settings_are_refused_then_forced(tiny_datase
     assert motion.stat().st_mtime_ns == stamps[motion]  # the motion stage was kept
 
 
-def test_demo_retrain_and_export(tmp_path, capsys):
+def test_demo_retrain_and_export(tmp_path, capsys, monkeypatch):
     """`demo --retrain --export`: the code that made the shipped model. The export holds half-precision weights
     and renders; a rerun with other steps is refused instead of reusing the stale work folder."""
+    from geneface.infer import cli_demo
+
     work, export, out = tmp_path / "work", tmp_path / "export", tmp_path / "demo.mp4"
+    # the retrained person says the first second of the bundled speech (the whole 11 s, rendered by the bundled
+    # model, is test_infer.py's test_bundled_demo_model_renders); the synthetic clip it is trained on is unchanged
+    speech = tmp_path / "speech.flac"
+    geneface.media.write_audio(speech, geneface.media.read_audio(cli_demo.bundled_speech())[: 16000])
+    monkeypatch.setattr(cli_demo, "bundled_speech", lambda: speech)
     argv = ["demo", "--retrain", "--work", str(work), "--export", str(export), "--out", str(out),
             "--motion-steps", "3", "--render-steps", "3", "--device", "cpu"]
     assert main(argv) == 0, capsys.readouterr().err
-    assert geneface.media.probe(out).has_audio
+    assert geneface.media.probe(out).has_audio and len(list(geneface.media.read_video(out))) == 25
     weights = load_file(export / "render" / "model.safetensors")
     floats = [v for v in weights.values() if v.dtype.kind == "f"]
     assert floats and all(v.dtype == np.float16 for v in floats if np.abs(v).max(initial=0) < 6e4)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib
 import math
 from pathlib import Path
@@ -43,8 +44,10 @@ def _is_numeric(action: argparse.Action) -> bool:
             and not isinstance(action, (argparse._StoreConstAction, argparse.BooleanOptionalAction)))
 
 
-def _options(name: str) -> list[argparse.Action]:
-    return [a for a in _subparser(build_parser(), name)._actions if not isinstance(a, argparse._HelpAction)]
+@functools.cache
+def _options(name: str) -> tuple[argparse.Action, ...]:
+    """The options of command ``name``, from one parser for every test (they only read it; `main` builds its own)."""
+    return tuple(a for a in _subparser(build_parser(), name)._actions if not isinstance(a, argparse._HelpAction))
 
 
 def _numeric_cases() -> list[tuple[str, str, str]]:

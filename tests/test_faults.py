@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,7 +43,7 @@ def prior(tiny_dataset, tmp_path_factory) -> Path:
 def _argv(clip: Path, out: Path, stage: str, prior: Path) -> list[str]:
     """`train all` sized so that each stage lasts a few seconds on one core."""
     argv = [sys.executable, "-m", "geneface.cli", "train", "all", str(clip), "--out", str(out), "--size", "64",
-            "--motion-steps", "60", "--render-steps", "30", "--device", "cpu"]
+            "--motion-steps", "60", "--render-steps", "12", "--device", "cpu"]
     return argv + (["--prior", str(prior)] if stage == "postnet" else ["--motion-preset", "tiny"])
 
 
@@ -85,11 +86,12 @@ def _check_person(out: Path) -> None:
     assert len(frames) == 5 and frames[0].shape == (64, 64, 3) and np.std(frames[0]) > 5
 
 
-def _rerun(argv: list[str], out: Path) -> None:
+def _rerun(argv: list[str], out: Path) -> subprocess.CompletedProcess:
     rerun = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert not list(out.rglob("train_state")) and (out / "person.json").exists()
     _check_person(out)
+    return rerun
 
 
 def test_killed_in_every_stage_and_interrupted_then_rerun_finishes(synthetic_clip, prior, tmp_path):
@@ -105,10 +107,15 @@ def test_killed_in_every_stage_and_interrupted_then_rerun_finishes(synthetic_cli
     assert _kill_inside(argv, "render", out, seed=2).returncode == -signal.SIGKILL
     _rerun(argv, out)
 
+    # the person with --prior starts from copies of the finished dataset and renderer (the same clip and render
+    # settings, so `train all` skips those stages): its kill and rerun are the postnet's alone
     adapted = tmp_path / "adapted"
+    for stage in ("data", "render"):
+        shutil.copytree(out / stage, adapted / stage)
     argv = _argv(synthetic_clip[0], adapted, "postnet", prior)
     assert _kill_inside(argv, "postnet", adapted, seed=3).returncode == -signal.SIGKILL
-    _rerun(argv, adapted)
+    rerun = _rerun(argv, adapted)
+    assert "is already trained; skipping `geneface train render`" in rerun.stderr
 
 
 @pytest.mark.slow
@@ -156,10 +163,12 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tiny_dataset, tm
 
 # --- one writer per folder --------------------------------------------------------------------------------
 
-def test_a_second_writer_is_refused_at_once_and_a_dead_lock_is_no_obstacle(synthetic_clip, prior, tmp_path,
-                                                                           capsys):
+def test_a_second_writer_is_refused_at_once_and_a_dead_lock_is_no_obstacle(synthetic_clip, tiny_dataset, prior,
+                                                                           tmp_path, capsys):
     out = tmp_path / "person"
+    shutil.copytree(tiny_dataset, out / "data")  # the clip processed at 128 px: the writer goes straight to motion
     argv = _argv(synthetic_clip[0], out, "motion", prior)
+    argv[argv.index("--size") + 1] = "128"
     first = subprocess.Popen(argv, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
@@ -197,7 +206,6 @@ def test_readers_do_not_block_each_other(tiny_person, tmp_path):
 # --- person models from someone else ------------------------------------------------------------------------
 
 def _copy(tiny_person: Path, dest: Path) -> Path:
-    import shutil
 
     shutil.copytree(tiny_person, dest, ignore=shutil.ignore_patterns("data"))
     return dest
@@ -221,7 +229,6 @@ def test_symlinks_leaving_the_person_folder_are_refused(tiny_person, tmp_path):
     with pytest.raises(InputError, match="links outside the person model"):
         PersonModel.load(root, "cpu")
     root2 = _copy(tiny_person, tmp_path / "q")
-    import shutil
 
     shutil.move(str(root2 / "motion"), str(tmp_path / "elsewhere"))
     (root2 / "motion").symlink_to(tmp_path / "elsewhere")

@@ -235,7 +235,8 @@ def test_side_by_side_panel_draws_the_landmarks_on_the_face(tiny_person, speech,
 
 
 def test_infer_cli(tiny_person, speech, tmp_path, capsys):
-    path, _ = speech
+    path = tmp_path / "speech.wav"  # 2 s: --pose still needs no loop over the training poses
+    media.write_audio(path, speech[1][: 2 * media.AUDIO_RATE])
     assert main(["infer", "--person", str(tiny_person), "--audio", str(path), "--out", str(tmp_path / "a.mp4"),
                  "--pose", "still", "--device", "cpu"]) == 0
     assert (tmp_path / "a.mp4").exists() and "wrote" in capsys.readouterr().out
@@ -335,6 +336,9 @@ def test_demo_export_needs_retrain(capsys, tmp_path):
     _expect(capsys, ["demo", "--export", str(tmp_path / "m"), "--out", str(tmp_path / "o.mp4")], "add --retrain")
 
 
+@pytest.mark.slow(reason="a rerun with the same settings training nothing is also test_api.py::"
+                          "test_finished_stages_with_other_settings_are_refused_then_forced (train_person, which "
+                          "`train all` calls), and the rerun's skip message test_faults.py's kill test")
 def test_train_all_then_rerun_skips_finished_stages(synthetic_clip, tmp_path, capsys):
     person = tmp_path / "person"
     argv = ["train", "all", str(synthetic_clip[0]), "--out", str(person), "--size", "64", "--motion-steps", "4",
