@@ -102,7 +102,7 @@ def tiny_person(tmp_path_factory, synthetic_clip, tiny_dataset) -> Path:
         size=128, motion_preset="tiny", device="cpu",
         motion=MotionTrainConfig(syncnet_steps=20, steps=30, batch_size=4, window=16, warmup=5, save_every=10_000,
                                  log_every=10),
-        render=replace(RenderTrainConfig(), size=64, steps=40, torso_fraction=0.5, frames_per_step=4,
+        render=replace(RenderTrainConfig(), size=64, steps=40, prune_views=8, torso_fraction=0.5, frames_per_step=4,
                        rays_per_frame=128, val_every=10_000, val_frames=2, model=model))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -98,7 +98,7 @@ def test_finished_stages_with_other_settings_are_refused_then_forced(tiny_datase
                         grid_resolution=16)
     config = TrainConfig(size=128, motion_preset="tiny", device="cpu",
                          motion=MotionTrainConfig(syncnet_steps=4, steps=4, batch_size=2, window=16, warmup=1),
-                         render=replace(RenderTrainConfig(), size=32, steps=4, frames_per_step=2, rays_per_frame=64,
+                         render=replace(RenderTrainConfig(), size=32, steps=4, prune_views=8, frames_per_step=2, rays_per_frame=64,
                                         val_frames=1, model=model))
     train_person(synthetic_clip[0], root, config, progress=False)
     stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*.safetensors")}

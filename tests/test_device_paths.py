@@ -4,6 +4,7 @@ ray march, the trainer's deferred loss checks, the motion batches' prefetch."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 import numpy as np
 import pytest
 import torch
@@ -15,7 +16,7 @@ from geneface.errors import InputError
 from geneface.render import ModelConfig, PersonRenderer, RenderTrainConfig, RenderTrainer
 from geneface.render.data import RenderData
 from geneface.render.fields import HeadField
-from geneface.render.renderer import legacy_precision
+from geneface.render.renderer import ADDED_SETTINGS, legacy_settings
 from geneface.render.volume import psnr
 
 SIZE = 48
@@ -35,8 +36,10 @@ def test_precision_is_chosen_in_one_place():
     with autocast("cpu", None):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype is torch.float32
     # runs saved before the setting: amp on -> auto, off -> fp32
-    assert legacy_precision({"amp": True, "lr": 1}) == {"lr": 1, "precision": "auto"}
-    assert legacy_precision({"amp": False}) == {"precision": "fp32"}
+    assert legacy_settings({"amp": True, "lr": 1}) == {"lr": 1, "precision": "auto", **ADDED_SETTINGS}
+    assert legacy_settings({"amp": False})["precision"] == "fp32"
+    defaults = asdict(RenderTrainConfig())
+    assert all(defaults[k] == v for k, v in ADDED_SETTINGS.items())  # what old runs did is today's default
     assert resolve_device(torch.device("cpu")) == torch.device("cpu")
 
 
@@ -44,7 +47,7 @@ def test_precision_is_chosen_in_one_place():
 def test_mixed_precision_trains_and_renders_at_its_precision(precision, tiny_dataset, tmp_path, monkeypatch):
     """The autocast path (CUDA's default) on the CPU: the fields run in half precision, the losses stay finite
     and fall, and the finished model renders at the precision it was trained at, close to an fp32 render."""
-    config = RenderTrainConfig(size=SIZE, steps=24, torso_fraction=0.25, frames_per_step=4, rays_per_frame=256,
+    config = RenderTrainConfig(size=SIZE, prune_views=8, steps=24, torso_fraction=0.25, frames_per_step=4, rays_per_frame=256,
                                val_every=10_000, val_frames=2, perceptual_weight=0.0, precision=precision,
                                model=MODEL)
     trainer = RenderTrainer(tiny_dataset, tmp_path / "run", config, device="cpu", progress=False)
@@ -79,7 +82,7 @@ def test_mixed_precision_trains_and_renders_at_its_precision(precision, tiny_dat
 
 def test_one_segment_march_matches_eight(tiny_dataset, tmp_path):
     """A GPU marches rays in one segment (`march_segments`), a CPU in eight: the same frames and losses."""
-    config = RenderTrainConfig(size=SIZE, steps=30, torso_fraction=0.0, frames_per_step=4, rays_per_frame=256,
+    config = RenderTrainConfig(size=SIZE, prune_views=8, steps=30, torso_fraction=0.0, frames_per_step=4, rays_per_frame=256,
                                val_every=10_000, val_frames=2, perceptual_weight=0.0, model=MODEL)
     trainer = RenderTrainer(tiny_dataset, tmp_path / "run", config, device="cpu", progress=False)
     trainer.run()

@@ -106,7 +106,7 @@ def test_old_datasets_are_all_valid(tiny_dataset, tmp_path):
 def _trainer(data: Path, run: Path) -> RenderTrainer:
     model = ModelConfig(resolutions=(16, 32, 64), torso_resolutions=(8, 16, 32, 64), train_samples=16,
                         infer_samples=16, grid_resolution=16)
-    config = replace(RenderTrainConfig(), size=64, steps=6, frames_per_step=2, rays_per_frame=96, val_frames=2,
+    config = replace(RenderTrainConfig(), size=64, steps=6, prune_views=8, frames_per_step=2, rays_per_frame=96, val_frames=2,
                      perceptual_weight=0.0, model=model)
     return RenderTrainer(data, run, config, progress=False)
 

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 def tiny_config(**kw) -> RenderTrainConfig:
     model = ModelConfig(resolutions=(16, 32, 64), torso_resolutions=(8, 16, 32, 64), train_samples=48,
                         infer_samples=48, grid_resolution=48)
-    base = RenderTrainConfig(size=SIZE, steps=STEPS, torso_fraction=0.5, frames_per_step=8, rays_per_frame=256,
+    base = RenderTrainConfig(size=SIZE, steps=STEPS, prune_views=8, torso_fraction=0.5, frames_per_step=8, rays_per_frame=256,
                              val_every=10_000, val_frames=3, model=model)
     return replace(base, **kw)
 

@@ -27,7 +27,7 @@ from ..motion.train import MotionTrainConfig, PostnetTrainConfig, train_motion, 
 from ..process.pipeline import ProcessConfig, check_source, process
 from ..render.model import ModelConfig
 from ..render.renderer import RUN_KIND as RENDER_RUN
-from ..render.renderer import legacy_precision
+from ..render.renderer import legacy_settings
 from ..render.train import RenderTrainConfig, resolve_config, train_render
 from ..weights import config_to_dict
 from .person import Person
@@ -147,7 +147,7 @@ def _keep(run: RunFolder, wanted: dict, force: bool, command: str) -> bool:
     if run.finished:
         made = run.read_config()
         if isinstance(made.get("train"), dict):
-            made["train"] = legacy_precision(made["train"])
+            made["train"] = legacy_settings(made["train"])
         diff = differing_settings({k: made.get(k) for k in wanted}, wanted, IGNORED)
         if not diff:
             log.info(f"== {run.root} is already trained; skipping `geneface {command}`")

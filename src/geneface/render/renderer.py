@@ -58,7 +58,7 @@ class PersonRenderer:
         dev = device if isinstance(device, torch.device) else resolve_device(device)
         config = run.read_config()
         model = RenderModel.from_config_record(config, str(run.root / "config.json")).load(run.root / "model.safetensors")
-        return cls(model.to(dev), legacy_precision(config.get("train") or {}).get("precision", "auto"))
+        return cls(model.to(dev), legacy_settings(config.get("train") or {}).get("precision", "auto"))
 
     def save(self, run_dir: str | os.PathLike, **info) -> None:
         """Write the folder `load` reads: the weights, then ``config.json`` (last) with the model's configs and
@@ -106,12 +106,18 @@ class PersonRenderer:
                                         size=size, parts=parts, chunk=chunk)
 
 
-def legacy_precision(train: dict) -> dict:
-    """Training settings with the ``precision`` of runs saved before it replaced ``amp`` (True: auto)."""
-    if "amp" not in train:
-        return train
+ADDED_SETTINGS = {"background_weight": 0.1, "prune_views": 48}
+"""Training settings added after runs were first saved, with the values that do what those runs did."""
+
+
+def legacy_settings(train: dict) -> dict:
+    """Training settings of a saved run in today's terms: ``precision`` for the ``amp`` flag it replaced (True:
+    auto, False: fp32) and `ADDED_SETTINGS` where missing, so a run saved before them compares as unchanged."""
     train = dict(train)
-    train.setdefault("precision", "auto" if train.pop("amp") else "fp32")
+    if "amp" in train:
+        train.setdefault("precision", "auto" if train.pop("amp") else "fp32")
+    for key, value in ADDED_SETTINGS.items():
+        train.setdefault(key, value)
     return train
 
 

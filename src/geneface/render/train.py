@@ -28,7 +28,7 @@ from ..fileio import atomic_path, write_json
 from .data import RenderData
 from .model import ModelConfig, RayBatch, RenderModel
 from .perceptual import load_perceptual
-from .renderer import RUN_KIND, legacy_precision, write_run
+from .renderer import RUN_KIND, legacy_settings, write_run
 from .volume import psnr
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,8 @@ class RenderTrainConfig:
     (`geneface.lpips`; it adds about 2% to a head step on the CPU)."""
     occupancy_every: int = opt(16, min=1, max=MAX_STEPS)
     """Steps between occupancy-grid updates (head phase)."""
+    prune_views: int = opt(48, min=1, max=100_000)
+    """Training frames rendered at the end of the head phase to empty the occupancy cells none of them sees."""
     val_every: int = opt(250, min=1, max=MAX_STEPS)
     """Steps between validations (PSNR on validation frames, a PNG)."""
     val_frames: int = opt(4, min=1, max=10_000)
@@ -194,7 +196,7 @@ class RenderTrainer:
         try:
             run = state["run"]
             self.model = RenderModel.from_config_record(run, str(self.run_folder.state_dir))
-            saved = {"model": run["model"], "data": run.get("data"), **legacy_precision(run["train"])}
+            saved = {"model": run["model"], "data": run.get("data"), **legacy_settings(run["train"])}
             phase, step = str(state["phase"]), int(state["step"])
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"training state {self.run_folder.state_dir} is corrupt ({type(e).__name__}: {e}); "
@@ -320,7 +322,7 @@ class RenderTrainer:
         if self.step % c.val_every != 0:
             self.last = self.validate(phase)
         if phase == "head":  # the torso phase starts from here, with a fresh optimizer
-            views = d.train_idx[::max(1, len(d.train_idx) // 48)]
+            views = d.train_idx[::max(1, len(d.train_idx) // c.prune_views)]
             with memory_errors(self.device, "while pruning the occupancy grid", self.trainer.memory_hint):
                 self.model.prune_invisible(d.c2w[views], d.windows(views))
             self.save_state("torso", self.optimizer("torso"))
