@@ -19,9 +19,13 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+import cv2
 import numpy as np
+import torch
 
+from ..device import keep_freed_memory
 from ..errors import GeneFaceError
+from ..infer.pipeline import PersonModel
 
 class RenderFailed(GeneFaceError):
     """A render process stopped (killed, out of memory) before it rendered a frame."""
@@ -36,10 +40,6 @@ def _start(device: str, parent: int) -> None:
     """A render process's first step: one torch thread, malloc that keeps freed memory, Ctrl-C left to the
     server (which stops its processes as it shuts down), and an exit when the server is gone (a killed server
     leaves no processes behind)."""
-    import torch
-
-    from ..device import keep_freed_memory
-
     torch.set_num_threads(1)
     keep_freed_memory()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -55,8 +55,6 @@ def _start(device: str, parent: int) -> None:
 
 def _model(path: str):
     """The person model at ``path`` in this render process (loaded once; reloaded when it changes)."""
-    from ..infer.pipeline import PersonModel
-
     key = (path, (Path(path) / "person.json").stat().st_mtime)
     model = _models.pop(key, None)
     if model is None:
@@ -75,9 +73,6 @@ def _render(path: str, windows: np.ndarray, c2w: np.ndarray, size: int, shown: i
             quality: int) -> tuple[list[bytes], float]:
     """JPEG images of windows [B, 5, 68, 3] seen from cameras c2w [B, 4, 4], rendered at ``size`` pixels a side
     and shown at ``shown`` (resized when they differ), and the seconds they took."""
-    import cv2
-    import torch
-
     t0 = time.perf_counter()
     model = _model(path)  # loaded outside inference mode (the occupancy grid keys a cache on a tensor's version)
     with torch.inference_mode():
