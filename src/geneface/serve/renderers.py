@@ -33,7 +33,7 @@ class RenderFailed(GeneFaceError):
 
 KEEP_MODELS = 4
 """Person models each process keeps loaded (the most recently used)."""
-_models: dict[tuple[str, float], object] = {}  # in a render process: (path, person.json mtime) -> PersonModel
+_models: dict[tuple[str, float], PersonModel] = {}  # in a render process: (path, person.json mtime) -> PersonModel
 
 
 def _start(device: str, parent: int) -> None:
