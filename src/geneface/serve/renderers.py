@@ -53,7 +53,7 @@ def _start(device: str, parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _model(path: str):
+def _model(path: str) -> PersonModel:
     """The person model at ``path`` in this render process (loaded once; reloaded when it changes)."""
     key = (path, (Path(path) / "person.json").stat().st_mtime)
     model = _models.pop(key, None)
