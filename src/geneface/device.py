@@ -10,8 +10,7 @@ from .errors import InputError
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 """``--precision`` of the renderer's fields: ``auto`` is bf16 on a CUDA GPU that supports it, else fp16 there,
-and fp32 on the CPU and MPS (bf16 autocast renders slower than fp32 on the CPU, even one with AMX: 188-296 against
-135-147 ms a frame for the demo person on this project's 2-core machine)."""
+and fp32 on the CPU and MPS (bf16 autocast rendered slower than fp32 on a CPU with AMX, in a quick check)."""
 
 
 @dataclass(frozen=True)
