@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from fractions import Fraction
 from pathlib import Path
 
@@ -210,3 +211,22 @@ def test_setting_is_checked(tmp_path, leading_clip, capsys):
         err = capsys.readouterr().err.strip()
         assert code == 2 and err.count("\n") == 0 and err.startswith("error: --av-offset must be auto or"), err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_dataset_processed_before_offsets_were_measured_is_used_as_it_is(tmp_path, tiny_dataset, synthetic_clip,
+                                                                           caplog):
+    """A finished dataset whose resume key predates ``av_offset`` (every dataset made before it existed) is reused
+    with a warning, so `train all` reruns on existing person folders; one still being processed is not."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    progress = json.loads((data / "progress.json").read_text())
+    del progress["key"]["av_offset"]
+    (data / "progress.json").write_text(json.dumps(progress))
+    meta = (data / "meta.json").read_text()
+    with caplog.at_level(logging.WARNING):
+        process(synthetic_clip[0], data, ProcessConfig(size=128))
+    assert "processed before audio/video offsets were measured" in caplog.text
+    assert (data / "meta.json").read_text() == meta  # nothing redone
+    (data / "meta.json").unlink()  # unfinished: its remaining steps would mix two settings
+    with pytest.raises(InputError, match="another video or other settings"):
+        process(synthetic_clip[0], data, ProcessConfig(size=128))

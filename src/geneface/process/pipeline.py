@@ -608,7 +608,12 @@ def _open_output(out: Path, key: dict) -> dict:
         raise InputError(f"--out {out} is not empty and is not a geneface dataset; choose an empty folder")
     if (out / "progress.json").exists():
         progress = read_json(out / "progress.json")
-        if progress.get("key") != key:
+        made = progress.get("key") or {}
+        if "av_offset" not in made and (out / "meta.json").exists() and {**made, "av_offset": key["av_offset"]} == key:
+            log.warning(f"{out} was processed before audio/video offsets were measured; using it as it is (its "
+                        f"audio as the file had it). Process the video into a new folder to measure and correct it")
+            return dict(progress.get("done", {}))
+        if made != key:
             raise InputError(f"{out} holds a dataset of another video or other settings; choose another "
                              f"--out or delete that folder")
         return dict(progress.get("done", {}))
