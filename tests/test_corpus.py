@@ -86,6 +86,9 @@ def test_reference_layout_and_landmarks(reference, clips):
     assert spans[-1][1] == (reference / "packs" / "0of1-w00.pack").stat().st_size
     first = records[0]
     assert first["frames"] == FRAMES and first["face_found"] == 1.0 and first["speech"] > 0.3
+    # the A/V offset process measured and corrected, as a person's meta.json holds it
+    assert set(first["av_offset"]) == {"estimated_ms", "applied_ms", "confidence", "setting"}
+    assert first["av_offset"]["setting"] == "auto"
     assert first["arrays"]["offsets"]["shape"] == [FRAMES, 68, 3]
     assert first["arrays"]["mel"]["shape"] == [2 * FRAMES, 83] and first["arrays"]["pitch"]["shape"] == [2 * FRAMES]
     assert all(spec["offset"] % 64 == 0 for r in records for spec in r["arrays"].values())

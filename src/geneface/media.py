@@ -66,11 +66,23 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         )
 
 
-def read_video(path: str | os.PathLike, fps: float = FPS) -> Iterator[np.ndarray]:
-    """Yield RGB frames ``[H, W, 3] uint8`` resampled to ``fps`` (nearest earlier source frame).
+def nearest_frames(source_times: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Index ``[N]`` of the source frame nearest each of ``times`` ``[N]`` seconds (the later one at a tie), for
+    source frames shown at the sorted ``source_times`` ``[M]``: how `read_video` resamples a clip."""
+    source_times = np.asarray(source_times, dtype=np.float64)
+    times = np.asarray(times, dtype=np.float64)
+    later = np.clip(np.searchsorted(source_times, times, side="left"), 1, max(len(source_times) - 1, 1))
+    earlier = later - 1
+    midpoint = (source_times[earlier] + source_times[np.minimum(later, len(source_times) - 1)]) / 2
+    return np.where(times < midpoint - 1e-6, earlier, np.minimum(later, len(source_times) - 1))
 
-    Variable-rate and other-rate sources come out at exactly ``fps``: output frame ``k`` shows the
-    source frame on screen at time ``k / fps`` from the first frame.
+
+def read_video(path: str | os.PathLike, fps: float = FPS) -> Iterator[np.ndarray]:
+    """Yield RGB frames ``[H, W, 3] uint8`` resampled to ``fps`` (nearest source frame in time).
+
+    Variable-rate and other-rate sources come out at exactly ``fps``: output frame ``k`` shows the source frame
+    nearest the time ``k / fps`` from the first frame (`nearest_frames`), for as long as the source lasts (its
+    last frame held for its own duration).
     """
     container = _open(path)
     with container:
@@ -80,7 +92,7 @@ def read_video(path: str | os.PathLike, fps: float = FPS) -> Iterator[np.ndarray
         stream.thread_type = "AUTO"
         start = None
         next_k = 0
-        previous = None  # (time, rgb) of the last decoded source frame
+        previous = None  # (time, rgb, duration or None) of the last decoded source frame
         try:
             for frame in container.decode(stream):
                 t = frame.time if frame.time is not None else (previous[0] + 1 / fps if previous else 0.0)
@@ -88,20 +100,20 @@ def read_video(path: str | os.PathLike, fps: float = FPS) -> Iterator[np.ndarray
                     start = t
                 t -= start
                 rgb = frame.to_ndarray(format="rgb24")
-                # Emit every output time that falls before this frame: the previous frame covers it.
-                while previous is not None and next_k / fps < t - 1e-6:
+                # Output times nearer the previous frame than this one show the previous frame.
+                while previous is not None and next_k / fps < (previous[0] + t) / 2 - 1e-6:
                     yield previous[1]
                     next_k += 1
-                previous = (t, rgb)
+                duration = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else None
+                previous = (t, rgb, duration)
         except av.FFmpegError as e:
             if previous is None:
                 raise InputError(f"corrupt video stream in {path}: {e}") from None
             raise InputError(f"corrupt video stream in {path} after {next_k} frames: {e}") from None
         if previous is None:
             raise InputError(f"no decodable video frames in {path}")
-        # The last source frame covers one source-frame interval.
-        src_rate = float(stream.average_rate or fps)
-        end = previous[0] + 1.0 / src_rate
+        # The last source frame is shown for its own duration (one average interval when the file omits it).
+        end = previous[0] + (previous[2] or 1.0 / float(stream.average_rate or fps))
         while next_k / fps < end - 1e-6:
             yield previous[1]
             next_k += 1

@@ -4,7 +4,8 @@ Each clip goes through `geneface.process.track_clip`: the same detect, track, po
 as ``geneface process``, in memory, so its landmark offsets have exactly the person datasets' definition; only
 the arrays motion training reads are kept: ``offsets`` [T, 68, 3], ``pitch`` [2T] and one ``[2T, D]`` array
 per feature kind. What `process` would note about a clip (frames without a face, several faces) goes into its
-manifest record (``notes``).
+manifest record (``notes``), and so does the audio/video offset it measured and corrected (``av_offset``, as in
+a person's meta.json).
 
 Work is split deterministically: ``--shard I/N`` keeps the clips whose path hashes to I (default: the
 ``RANK``/``WORLD_SIZE`` that ``torchrun`` sets, else a Slurm job array's task), and the worker processes of one
@@ -240,7 +241,8 @@ def _compute(video: Path, audio_file: Path | None, config: PrepareConfig) -> tup
     t = clip.num_frames
     if t < config.min_seconds * FPS:
         raise _Skip(f"too short: {t} frames decoded (at least {config.min_seconds} s)")
-    facts.update(frames=t, seconds=round(t / FPS, 3), face_found=round(float(clip.found.mean()), 4))
+    facts.update(frames=t, seconds=round(t / FPS, 3), face_found=round(float(clip.found.mean()), 4),
+                 av_offset=clip.av_offset)
     if clip.notes:
         facts["notes"] = " ".join(" ".join(clip.notes).split())
     return {"offsets": clip.offsets, "pitch": clip.pitch, **clip.features}, facts

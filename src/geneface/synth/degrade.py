@@ -40,7 +40,7 @@ from ..cliopts import MAX_SEED, MAX_SIZE, check_config, opt
 from ..constants import AUDIO_RATE
 from ..errors import InputError
 from ..fileio import atomic_path, read_npz, write_npz
-from ..media import _audio_frames, probe, read_audio, read_video
+from ..media import _audio_frames, nearest_frames, probe, read_audio, read_video
 from .generator import truth_path
 
 PER_FRAME = ("mesh", "mesh_head", "rotation", "translation", "euler", "mouth_open", "blink", "jaw_open", "lip_width")
@@ -281,8 +281,8 @@ def degrade(video: str | os.PathLike, out: str | os.PathLike, config: DegradeCon
 
 
 def truth_at(truth: dict[str, np.ndarray], times: np.ndarray) -> dict[str, np.ndarray]:
-    """The per-frame truth arrays at ``times`` [N] seconds: the frame on screen then (the last one whose time
-    is not later), as `geneface.media.read_video` resamples a clip."""
+    """The per-frame truth arrays at ``times`` [N] seconds: the source frame nearest each time, as
+    `geneface.media.read_video` resamples a clip."""
     own = truth["times"] if "times" in truth else np.arange(len(truth["mouth_open"])) / float(truth["fps"])
-    index = np.clip(np.searchsorted(own, np.asarray(times) + 1e-6, side="right") - 1, 0, len(own) - 1)
+    index = nearest_frames(own, times)
     return {k: truth[k][index] for k in PER_FRAME if k in truth}
