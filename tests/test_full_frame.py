@@ -92,6 +92,25 @@ def test_process_and_train_all_record_the_source(wide_clip, wide_person):
     assert x0 > 40 and x0 + side < W, "the face is right of centre and small: the crop leaves columns either side"
 
 
+def test_a_rerun_records_the_source_of_an_older_dataset(wide_clip, wide_person, tmp_path):
+    from geneface.dataset import PersonDataset
+    from geneface.process import ProcessConfig, process
+
+    data = tmp_path / "data"
+    shutil.copytree(wide_person / "data", data)
+    meta = read_json(data / "meta.json")
+    old = {"path": "wide.mp4", **{k: meta["source"][k] for k in ("sha256", "width", "height", "fps")}}
+    write_json(data / "meta.json", {**meta, "source": old})  # as earlier versions wrote it
+    Person.write(tmp_path, PersonDataset(data), feature_kind="mel")
+    assert read_json(tmp_path / "person.json")["source"] is None
+    process(wide_clip, data, ProcessConfig(size=64))  # finished: only the record is updated
+    assert read_json(data / "meta.json")["source"] == meta["source"]
+    assert {k: v for k, v in read_json(data / "meta.json").items() if k != "source"} == \
+        {k: v for k, v in meta.items() if k != "source"}
+    Person.write(tmp_path, PersonDataset(data), feature_kind="mel")
+    assert read_json(tmp_path / "person.json")["source"] == Person(wide_person).meta["source"]
+
+
 def test_composite_keeps_the_source_outside_the_crop_and_the_render_inside():
     rng = np.random.default_rng(0)
     source = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)

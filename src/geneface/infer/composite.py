@@ -75,7 +75,7 @@ class SourceRecord:
         except (KeyError, TypeError, ValueError):
             raise InputError(f"{person.root / 'person.json'}: its 'source' is corrupt") from None
         start, stop = record.frames
-        if len(record.crop) != 3 or record.crop[2] < 1 or not 0 <= start < stop or stop - start != len(person.c2w):
+        if "\x00" in str(record.path) or len(record.crop) != 3 or record.crop[2] < 1 or not 0 <= start < stop or stop - start != len(person.c2w):
             raise InputError(f"{person.root / 'person.json'}: its 'source' does not match its {len(person.c2w)} "
                              f"training poses")
         return record
@@ -83,7 +83,10 @@ class SourceRecord:
 
 def check_source(person: Person, given: str | os.PathLike | None = None) -> Path:
     """The person's source video, checked to be the file `train all` read (its size and SHA-256): the recorded
-    path, or ``given`` (``--source``) when the video has moved. Raises `InputError` naming the file."""
+    path, or ``given`` (``--source``) when the video has moved. Raises `InputError` naming the file.
+
+    A person model may come from someone else: the recorded path is read only with --full-frame, and only a file
+    of the recorded size and checksum is used, so it can show nothing its author did not already have."""
     record = SourceRecord.of(person)
     path = Path(given) if given is not None else record.path
     what = f"--source {path}" if given is not None else f"source video {path}"
