@@ -138,10 +138,11 @@ def test_composite_keeps_the_source_outside_the_crop_and_the_render_inside():
 def test_source_frames_are_read_once_in_loop_order(wide_clip):
     frames = list(media.read_video(wide_clip))
     order = np.r_[10:20, 19:5:-1, 6:12]  # forward, back, forward again
-    for budget in (comp.RAW_BUDGET, 0):  # raw, then PNG in memory: lossless both ways
-        source = comp.SourceFrames(wide_clip, order, raw_budget=budget)
+    for raw, memory in ((comp.RAW_BUDGET, 0), (0, comp.MEMORY_BUDGET), (0, 300_000)):  # raw, PNG, PNG + files
+        source = comp.SourceFrames(wide_clip, order, raw_budget=raw, memory_budget=memory)
         got = list(source)
         assert len(got) == len(order) and source.kept_max <= len(set(order))
+        assert (source.on_disk > 0) == (memory == 300_000)
         for i, f in zip(order, got):
             np.testing.assert_array_equal(f, frames[i])
     with pytest.raises(InputError, match="frame 500 is needed"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
@@ -41,6 +42,8 @@ MAX_COLOUR_SHIFT = 16.0
 """Largest colour shift of the render, per channel, in 8-bit levels."""
 RAW_BUDGET = 256 << 20
 """`SourceFrames` keeps the frames it needs again as raw arrays when they fit in this many bytes, else as PNG."""
+MEMORY_BUDGET = 1 << 30
+"""`SourceFrames` keeps PNG-encoded frames in memory up to this many bytes, then in a temporary folder."""
 
 
 @dataclass(frozen=True)
@@ -113,19 +116,22 @@ class SourceFrames:
     """The 25 fps frames of a video at ``indices`` [T], in that order, from one sequential decode.
 
     Frames are decoded once, front to back; a frame asked for again later (the backward half of a loop, the next
-    loop) is kept until its last use, as it is (raw) when all such frames fit `RAW_BUDGET` bytes, else PNG-encoded
-    in memory: lossless either way. Raises `InputError` when the video is shorter than the largest index.
+    loop) is kept until its last use: as it is when all such frames fit ``raw_budget`` bytes, else PNG-encoded in
+    memory up to ``memory_budget`` bytes and in a temporary folder past that (lossless either way; the folder is
+    removed at the end). Raises `InputError` when the video is shorter than the largest index.
     """
 
-    def __init__(self, path: str | os.PathLike, indices: Sequence[int] | np.ndarray,
-                 raw_budget: int = RAW_BUDGET) -> None:
+    def __init__(self, path: str | os.PathLike, indices: Sequence[int] | np.ndarray, raw_budget: int = RAW_BUDGET,
+                 memory_budget: int = MEMORY_BUDGET) -> None:
         self.path = Path(path)
         self.indices = np.asarray(indices, dtype=np.int64)  # [T]
         if self.indices.ndim != 1 or (len(self.indices) and self.indices.min() < 0):
             raise ValueError("indices must be a 1-D sequence of frame numbers >= 0")
-        self.raw_budget = raw_budget
+        self.raw_budget, self.memory_budget = raw_budget, memory_budget
         self.kept_max = 0
         """The most frames held at once during the last iteration."""
+        self.on_disk = 0
+        """Frames the last iteration kept in files."""
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -133,17 +139,15 @@ class SourceFrames:
     def __iter__(self) -> Iterator[np.ndarray]:
         idx = [int(i) for i in self.indices]
         last = {f: t for t, f in enumerate(idx)}  # frame -> position of its last use
-        counts = np.unique(self.indices, return_counts=True)[1]
-        repeated = int((counts > 1).sum())
+        repeated = int((np.unique(self.indices, return_counts=True)[1] > 1).sum())
         decoder = media.read_video(self.path, FPS)
         decoded = 0  # the frame number the decoder gives next
-        kept: dict[int, np.ndarray] = {}  # frame -> RGB [H, W, 3] or PNG bytes [N]
-        raw: bool | None = None
+        kept: _FrameStore | None = None  # made at the first frame, when its size is known
         self.kept_max = 0
         try:
             for t, f in enumerate(idx):
-                if f in kept:
-                    rgb = kept[f] if raw else cv2.imdecode(kept[f], cv2.IMREAD_COLOR)[..., ::-1]
+                if kept is not None and f in kept:
+                    rgb = kept.get(f)
                 else:
                     rgb = None
                     while decoded <= f:
@@ -151,23 +155,78 @@ class SourceFrames:
                         if frame is None:
                             raise InputError(f"source video {self.path} has {decoded} frames at 25 fps; frame {f} "
                                              f"is needed")
-                        if raw is None:
-                            raw = repeated * frame.nbytes <= self.raw_budget
+                        if kept is None:
+                            kept = _FrameStore(repeated * frame.nbytes <= self.raw_budget, self.memory_budget)
                         g, decoded = decoded, decoded + 1
                         if g == f:
                             rgb = frame
                         elif last.get(g, -1) > t:  # decoded ahead of its turn
-                            kept[g] = frame if raw else _png(frame)
+                            kept.put(g, frame)
                     if rgb is None:
                         raise RuntimeError(f"frame {f} was dropped before its last use")  # cannot happen
                     if last[f] > t:
-                        kept[f] = rgb if raw else _png(rgb)
+                        kept.put(f, rgb)
                 if last[f] == t:
-                    kept.pop(f, None)
+                    kept.pop(f)
                 self.kept_max = max(self.kept_max, len(kept))
                 yield rgb
         finally:
             decoder.close()
+            if kept is not None:
+                self.on_disk = kept.on_disk
+                kept.close()
+
+
+class _FrameStore:
+    """Frames by number: raw arrays, or PNG bytes in memory up to ``memory_budget`` bytes and files past it."""
+
+    def __init__(self, raw: bool, memory_budget: int) -> None:
+        self.raw, self.memory_budget = raw, memory_budget
+        self.items: dict[int, np.ndarray | Path] = {}  # RGB [H, W, 3], PNG bytes [N], or a PNG file
+        self.held = 0  # PNG bytes in memory
+        self.on_disk = 0  # frames written to files so far
+        self._dir: tempfile.TemporaryDirectory | None = None
+
+    def __contains__(self, f: int) -> bool:
+        return f in self.items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def put(self, f: int, rgb: np.ndarray) -> None:
+        if self.raw:
+            self.items[f] = rgb
+            return
+        png = _png(rgb)
+        if self.held + png.nbytes <= self.memory_budget:
+            self.items[f] = png
+            self.held += png.nbytes
+            return
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="geneface-source-")
+        path = Path(self._dir.name) / f"{f}.png"
+        png.tofile(path)
+        self.items[f] = path
+        self.on_disk += 1
+
+    def get(self, f: int) -> np.ndarray:
+        item = self.items[f]
+        if self.raw:
+            return item
+        png = np.fromfile(item, np.uint8) if isinstance(item, Path) else item
+        return cv2.imdecode(png, cv2.IMREAD_COLOR)[..., ::-1]
+
+    def pop(self, f: int) -> None:
+        item = self.items.pop(f, None)
+        if isinstance(item, Path):
+            item.unlink()
+        elif item is not None and not self.raw:
+            self.held -= item.nbytes
+
+    def close(self) -> None:
+        self.items.clear()
+        if self._dir is not None:
+            self._dir.cleanup()
 
 
 def composite(frame_rgb: np.ndarray, alpha: np.ndarray | None, source: np.ndarray,
