@@ -159,6 +159,7 @@ def test_full_frames_composite_the_render_into_the_looped_source(wide_clip, wide
     idx = comp.source_indices(record, len(offsets), "loop")
     start, stop = record.frames
     assert idx[0] == start and idx[stop - start - 1] == stop - 1 and idx[stop - start] == stop - 2  # turns back
+    assert (comp.source_indices(record, 7, "still") == start).all()  # the first training frame
     source = list(media.read_video(wide_clip))
     out = list(comp.full_frames(model, offsets, c2w, config, comp.check_source(model.person)))
     assert len(out) == len(offsets) > stop - start

@@ -172,7 +172,8 @@ class PersonModel:
               config: InferConfig = InferConfig(), progress: bool = True) -> Path:
         """Render this person saying ``audio`` (a media file, or 16 kHz mono samples [N]) into the mp4 ``out``
         (written atomically, with the audio muxed in); returns its path. With ``config.full_frame`` the video
-        has the source video's size (`geneface.infer.composite`)."""
+        is the source video's frames with the face composited in (`geneface.infer.composite`), at their size; an
+        odd width or height is padded by one column or row, its edge replicated (H.264 needs even sizes)."""
         # 1. check the inputs
         out = Path(out)
         if not out.parent.exists():
