@@ -2,7 +2,8 @@
 
 Folder layout (``geneface train all`` writes it)::
 
-    PERSON/person.json   format, version, fps, size, feature kind (and its local model folder), run folder names
+    PERSON/person.json   format, version, fps, size, feature kind (and its local model folder), run folder names,
+                         the source video and where its frames were cropped (``source``: `source_block`)
     PERSON/track.npz     c2w [N,4,4] training poses, intrinsics [3,3], landmark statistics (below)
     PERSON/motion/       audio2motion run (geneface.motion)
     PERSON/render/       head NeRF + torso run (geneface.render)
@@ -164,7 +165,22 @@ class Person:
         write_json(root / "person.json", {"format": FORMAT, "version": VERSION, "fps": data.fps,
                                           "size": data.size, "features": feature_kind,
                                           "motion": motion, "render": render,
-                                          "feature_model": str(feature_model.resolve()) if feature_model else None})
+                                          "feature_model": str(feature_model.resolve()) if feature_model else None,
+                                          "source": source_block(data)})
+
+
+def source_block(data: PersonDataset) -> dict | None:
+    """person.json's ``source``: the source video as the dataset's meta.json records it (``path``, ``sha256``,
+    ``bytes``, ``width``, ``height``), the square ``crop`` [x0, y0, side] in its pixels, the ``size`` of the
+    resized crop, and ``frames`` [start, stop): training pose j is dataset frame, and 25 fps source frame,
+    start + j. None for a dataset processed before ``bytes`` was recorded (`geneface.infer.composite`)."""
+    source = data.meta.get("source")
+    keys = ("path", "sha256", "bytes", "width", "height")
+    if not isinstance(source, dict) or any(k not in source for k in keys) or "crop" not in data.meta:
+        return None
+    start, stop = (int(v) for v in data.meta["split"]["train"])
+    return {**{k: source[k] for k in keys}, "crop": [int(v) for v in data.meta["crop"]], "size": data.size,
+            "frames": [start, stop]}
 
 
 MAX_JSON_BYTES = 1 << 20

@@ -25,6 +25,7 @@ from ..fileio import read_npz
 from ..motion import MotionModel
 from ..motion.model import check_audio
 from ..render import PersonRenderer
+from . import composite
 from .person import Person, project_landmarks
 from .stabilise import pose_track, stabilise
 
@@ -47,6 +48,11 @@ class InferConfig:
     """Temporal smoothing of the landmarks (Gaussian sigma in frames, 0 = off)."""
     side_by_side: bool = False
     """Draw the predicted landmarks in a panel beside each frame."""
+    full_frame: bool = False
+    """Paste the face back into the source video's own frames, at their size (an odd side gets one more row or
+    column, its edge repeated); needs the video `train all` read, where it was or at --source."""
+    source: str | None = opt(None, metavar="PATH")
+    """With --full-frame: where the person's source video is now, when it has moved (its checksum must match)."""
     batch: int = opt(4, min=1, max=1024)
     """Frames rendered at once."""
     device: str = opt("auto", choices=DEVICES)
@@ -56,6 +62,12 @@ class InferConfig:
 
     def __post_init__(self) -> None:
         check_config(self)
+        if self.full_frame and self.side_by_side:
+            raise InputError("--full-frame and --side-by-side cannot be combined; choose one")
+        if self.full_frame and self.pose not in ("loop", "still"):
+            raise InputError("--full-frame needs --pose loop or still: a pose file's cameras have no source frames")
+        if self.source is not None and not self.full_frame:
+            raise InputError("--source is the source video of --full-frame; add --full-frame")
 
 
 class PersonModel:
@@ -142,11 +154,26 @@ class PersonModel:
             rgb = self.renderer.render(torch.as_tensor(c2w).float(), torch.as_tensor(windows).float(), size=size).rgb
         return (rgb.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
 
+    def render_layers(self, windows: np.ndarray | torch.Tensor, c2w: np.ndarray | torch.Tensor,
+                      size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`render`'s RGB frames [B, S, S, 3] uint8 and the person's coverage [B, S, S] float32 in [0, 1] (head
+        and torso; 0 on the background), from one render pass."""
+        b = len(c2w)
+        with memory_errors(self.renderer.device, f"while rendering {b} frame{'s' if b != 1 else ''} at once",
+                           "use a smaller --batch" if b > 1 else "use a smaller size or --device cpu"):
+            out = self.renderer.render(torch.as_tensor(c2w).float(), torch.as_tensor(windows).float(), size=size,
+                                       parts="person")
+            rgb = out.rgb + (1 - out.alpha)[..., None] * self.renderer.model.background_at(out.rgb.shape[1])
+        return ((rgb.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8),
+                out.alpha.clamp(0, 1).float().cpu().numpy())
+
     # --- all of it ------------------------------------------------------------------------------------
     def speak(self, audio: str | os.PathLike | np.ndarray, out: str | os.PathLike,
               config: InferConfig = InferConfig(), progress: bool = True) -> Path:
         """Render this person saying ``audio`` (a media file, or 16 kHz mono samples [N]) into the mp4 ``out``
-        (written atomically, with the audio muxed in); returns its path."""
+        (written atomically, with the audio muxed in); returns its path. With ``config.full_frame`` the video
+        is the source video's frames with the face composited in (`geneface.infer.composite`), at their size; an
+        odd width or height is padded by one column or row, its edge replicated (H.264 needs even sizes)."""
         # 1. check the inputs
         out = Path(out)
         if not out.parent.exists():
@@ -155,10 +182,13 @@ class PersonModel:
         samples = check_audio(media.read_audio(audio) if not isinstance(audio, np.ndarray) else audio, what)
         num_frames = self.num_frames(samples)
         c2w = self.poses(config.pose, num_frames)
+        source = composite.check_source(self.person, config.source) if config.full_frame else None
         # 2. audio -> landmarks -> frames -> video
         offsets = self.landmarks(samples, config)
+        frames = composite.full_frames(self, offsets, c2w, config, source, progress=progress) if source else \
+            self.frames(offsets, c2w, config, progress=progress)
         with media.VideoWriter(out, fps=self.fps, audio=samples) as writer:
-            for frame in self.frames(offsets, c2w, config, progress=progress):
+            for frame in frames:
                 writer.write(frame)
         return out
 

@@ -580,6 +580,8 @@ def _run_steps(video: Path, out: Path, config: ProcessConfig, info: media.VideoI
     summary = _summary(ctx, done, time.perf_counter() - total, info)
     if rerun or not (out / "meta.json").exists():
         _write_meta(ctx, info, key, summary, done["audio"]["av_offset"])
+    else:
+        _refresh_source(out / "meta.json", source_record(video, key["source_sha256"], info))
     _log_summary(summary)
     return summary
 
@@ -696,6 +698,21 @@ def _summary(ctx: Context, done: dict, seconds: float, info: media.VideoInfo) ->
     }
 
 
+def source_record(video: Path, sha256: str, info: media.VideoInfo) -> dict:
+    """meta.json's ``source``: what `geneface infer --full-frame` needs to find the video again and check it is
+    the same file (absolute ``path``, ``sha256``, ``bytes``), and its frame size."""
+    return {"path": str(video.resolve()), "sha256": sha256, "bytes": video.stat().st_size, "width": info.width,
+            "height": info.height, "fps": info.fps}
+
+
+def _refresh_source(meta_path: Path, source: dict) -> None:
+    """Update the ``source`` of a finished dataset's meta.json when it differs (the same video, moved, or a
+    dataset written before ``path`` was absolute and ``bytes`` was recorded)."""
+    meta = read_json(meta_path)
+    if meta.get("source") != source:
+        write_json(meta_path, {**meta, "source": source})
+
+
 def _write_meta(ctx: Context, info: media.VideoInfo, key: dict, summary: dict, av_offset: dict) -> None:
     t = ctx.num_frames
     box = ctx.valid_box
@@ -709,8 +726,7 @@ def _write_meta(ctx: Context, info: media.VideoInfo, key: dict, summary: dict, a
         "intrinsics": pose_mod.intrinsics(ctx.config.size, ctx.config.focal_scale).tolist(),
         "split": {"train": [0, split], "val": [split, t]},
         "features": sorted(p.stem for p in (ctx.out / "features").glob("*.npz")),
-        "source": {"path": str(ctx.video), "sha256": key["source_sha256"], "width": info.width,
-                   "height": info.height, "fps": info.fps},
+        "source": source_record(ctx.video, key["source_sha256"], info),
         "crop": [int(v) for v in ctx.npz("detect.npz")["crop"]],
         "av_offset": av_offset,
         "valid_box": list(box),
