@@ -14,6 +14,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from .. import media
@@ -25,6 +26,7 @@ from ..fileio import read_npz
 from ..motion import MotionModel
 from ..motion.model import check_audio
 from ..render import PersonRenderer
+from ..render.sr import SRModel, load_sr
 from .person import Person, project_landmarks
 from .stabilise import pose_track, stabilise
 
@@ -59,22 +61,29 @@ class InferConfig:
 
 
 class PersonModel:
-    """A trained person, loaded once to speak many times: its folder (`Person`), motion model and renderer."""
+    """A trained person, loaded once to speak many times: its folder (`Person`), motion model, renderer and
+    super-resolution network (None: frames are the renderer's)."""
 
-    def __init__(self, person: Person, motion: MotionModel, renderer: PersonRenderer) -> None:
+    def __init__(self, person: Person, motion: MotionModel, renderer: PersonRenderer,
+                 sr: SRModel | None = None) -> None:
         if motion.feature_kind != person.feature_kind:
             raise InputError(f"the motion model uses {motion.feature_kind!r} features but the person model says "
                              f"{person.feature_kind!r}")
+        if sr is not None and sr.render_size != renderer.size:
+            raise InputError(f"the super-resolution network was trained on {sr.render_size} px renders but the "
+                             f"renderer's are {renderer.size} px")
         self.person = person
         self.motion = motion
         self.renderer = renderer
+        self.sr = sr
 
     @classmethod
     def load(cls, root: str | os.PathLike, device: str | torch.device = "auto") -> "PersonModel":
         """Load a person model folder (from `train_person` / `geneface train all`) onto ``device``."""
         person = Person(root)
         dev = device if isinstance(device, torch.device) else resolve_device(device)
-        return cls(person, MotionModel.load(person.motion_dir, dev), PersonRenderer.load(person.render_dir, dev))
+        sr = load_sr(person.sr_dir, dev) if person.sr_dir is not None else None
+        return cls(person, MotionModel.load(person.motion_dir, dev), PersonRenderer.load(person.render_dir, dev), sr)
 
     @property
     def fps(self) -> float:
@@ -82,8 +91,8 @@ class PersonModel:
 
     @property
     def size(self) -> int:
-        """Side of the rendered frames in pixels."""
-        return self.renderer.size
+        """Side of the rendered frames in pixels (the renderer's, times the super-resolution factor)."""
+        return self.renderer.size * (self.sr.factor if self.sr is not None else 1)
 
     # --- the steps ------------------------------------------------------------------------------------
     def landmarks(self, audio: np.ndarray, config: InferConfig = InferConfig()) -> np.ndarray:
@@ -135,11 +144,22 @@ class PersonModel:
     def render(self, windows: np.ndarray | torch.Tensor, c2w: np.ndarray | torch.Tensor,
                size: int | None = None) -> np.ndarray:
         """RGB frames [B, S, S, 3] uint8 of landmark windows [B, 5, 68, 3] (`PersonRenderer.windows`) seen from
-        cameras c2w [B, 4, 4]; S is ``size`` (default: the person's `size`)."""
+        cameras c2w [B, 4, 4]; S is ``size`` (default: the person's `size`). With super-resolution the renderer
+        draws them at S / factor (rounded) and the network brings them up (then resized to exactly S if need be)."""
         b = len(c2w)
         with memory_errors(self.renderer.device, f"while rendering {b} frame{'s' if b != 1 else ''} at once",
                            "use a smaller --batch" if b > 1 else "use a smaller size or --device cpu"):
-            rgb = self.renderer.render(torch.as_tensor(c2w).float(), torch.as_tensor(windows).float(), size=size).rgb
+            c2w, windows = torch.as_tensor(c2w).float(), torch.as_tensor(windows).float()
+            if self.sr is None:
+                rgb = self.renderer.render(c2w, windows, size=size).rgb
+            else:
+                target = int(size or self.size)
+                low = self.renderer.size if size is None else max(8, round(target / self.sr.factor))
+                out = self.renderer.render(c2w, windows, size=low)
+                rgb = self.sr.upscale(out.rgb, out.head_alpha)  # [B, low * f, low * f, 3]
+                if rgb.shape[1] != target:
+                    rgb = F.interpolate(rgb.permute(0, 3, 1, 2), size=(target, target), mode="bilinear",
+                                        align_corners=False, antialias=True).permute(0, 2, 3, 1)
         return (rgb.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
 
     # --- all of it ------------------------------------------------------------------------------------

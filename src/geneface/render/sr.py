@@ -354,12 +354,8 @@ class SRTrainer:
         return inputs_t, target, weight
 
     # --- checkpoints -------------------------------------------------------------------------------
-    def _settings(self) -> dict:
-        c = asdict(self.config)
-        return {"model": c.pop("model"), "render_size": self.render_size, "size": self.size,
-                "data": str(self.ds.root), "render": str(self.render_dir), **c}
-
     def _run_record(self) -> dict:
+        """What config.json holds (and a checkpoint, to resume with the same settings)."""
         c = asdict(self.config)
         return {"model": c.pop("model"), "render_size": self.render_size, "size": self.size, "train": c,
                 "data": str(self.ds.root), "render": str(self.render_dir)}
@@ -370,15 +366,15 @@ class SRTrainer:
     def save_state(self, opt: torch.optim.Optimizer) -> None:
         self.run_folder.save_state({"model": self.net}, {"optimizer": opt}, {
             "step": self.step, "train_seconds": self.trainer.train_seconds, "wall_seconds": self._wall(),
-            "settings": self._settings(), "history": self.history})
+            "run": self._run_record(), "history": self.history})
 
     def _load_state(self, state: dict, opt: torch.optim.Optimizer) -> None:
         try:
-            saved, step = dict(state["settings"]), int(state["step"])
+            saved, step = dict(state["run"]), int(state["step"])
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"training state {self.run_folder.state_dir} is corrupt ({type(e).__name__}: {e}); "
                              f"delete it to start over") from None
-        self.run_folder.check_same_settings(saved, self._settings(), RESUMABLE_CHANGES)
+        self.run_folder.check_same_settings(saved, self._run_record(), RESUMABLE_CHANGES)
         self.run_folder.load_state({"model": self.net}, {"optimizer": opt})
         self.step = step
         self.trainer.train_seconds = float(state.get("train_seconds", 0.0))
