@@ -57,7 +57,7 @@ RESUMABLE_CHANGES = ("save_every", "log_every", "val_every", "val_frames", "rend
 class SRConfig:
     """Sizes of the super-resolution network."""
 
-    factor: int | None = opt(None, choices=FACTORS)
+    factor: int | None = opt(None, min=2, max=4, choices=FACTORS)
     """Upscaling factor (default: the dataset's frame side over the renderer's)."""
     channels: int = opt(32, min=4, max=256)
     """Feature channels (all at the low resolution)."""
@@ -93,7 +93,7 @@ class SRTrainConfig:
     perceptual_patches: int = opt(4, min=1, max=1024)
     """Patches of a step scored by LPIPS (the first ones, mouth patches first; LPIPS costs about four times
     the network's own step per patch on a CPU)."""
-    max_frames: int = opt(400, min=1, max=1_000_000)
+    max_frames: int = opt(600, min=1, max=1_000_000)
     """Most training frames rendered (evenly spaced over the training split): rendering them once is the slow
     part of a short run."""
     render_batch: int = opt(8, min=1, max=1024)
