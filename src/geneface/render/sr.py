@@ -263,7 +263,8 @@ class SRTrainer:
         self.factor = factor
         self.trainer = Trainer(self.run_folder, log_every=self.config.log_every, progress=progress,
                                lr_hint="lower the learning rate (--lr)",
-                               memory_hint=f"use a smaller --batch (now {config.batch}) or --patch (now {config.patch})")
+                               memory_hint=f"use a smaller --batch (now {config.batch}) or --patch "
+                                           f"(now {config.patch})")
         c = self.config
         self.perceptual = load_perceptual(self.device) if c.perceptual_weight > 0 else None
         self.history: list[dict] = []
