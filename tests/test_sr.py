@@ -191,3 +191,14 @@ def test_train_person_adds_the_sr_stage(tiny_person, synthetic_clip, tmp_path):
     assert (root / "sr" / "config.json").exists()
     with pytest.raises(InputError, match="--render-size"):
         train_person(synthetic_clip[0], root, replace(config, render_size=48), progress=False)
+
+
+def test_train_sr_cli(tiny_dataset, render32, tmp_path, capsys):
+    base = ["train", "sr", "--data", str(tiny_dataset), "--render", str(render32), "--steps", "4", "--batch", "2",
+            "--patch", "8", "--max-frames", "4", "--val-frames", "1", "--perceptual-weight", "0", "--channels", "8",
+            "--blocks", "1", "--device", "cpu"]
+    assert main(base + ["--out", str(tmp_path / "sr")]) == 0
+    assert "super-resolution network written to" in capsys.readouterr().out
+    assert load_sr(tmp_path / "sr").factor == 4
+    assert main(base + ["--out", str(tmp_path / "sr2"), "--factor", "2"]) != 0
+    assert "processed at 128 px" in capsys.readouterr().err
