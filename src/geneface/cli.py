@@ -22,6 +22,7 @@ COMMANDS = [
     ("train motion", "geneface.motion.cli_train", "train the landmark SyncNet and audio2motion generator"),
     ("train postnet", "geneface.motion.cli_postnet", "adapt a pretrained audio2motion run to one person"),
     ("train render", "geneface.render.cli", "train a person's head NeRF and torso field"),
+    ("train sr", "geneface.render.cli_sr", "train a person's super-resolution network on a trained renderer"),
     ("train all", "geneface.infer.cli_train_all", "process a video and train every model of a person"),
     ("motion", "geneface.motion.cli_infer", "predict facial landmarks from speech"),
     ("infer", "geneface.infer.cli", "render a person saying the given speech"),

@@ -19,6 +19,9 @@ class DeviceDefaults:
 
     render_size: int
     """Renderer frame side in pixels (at most the dataset's)."""
+    output_size: int
+    """Side of a person model's frames (`geneface train all --size`): the renderer's, brought up by the
+    super-resolution network (`geneface.render.sr`) when it is 2x or 4x ``render_size``."""
     render_steps: int
     """Renderer training steps (head and torso together)."""
     rays_per_frame: int
@@ -28,9 +31,12 @@ class DeviceDefaults:
 
 
 DEVICE_DEFAULTS = {
-    "cpu": DeviceDefaults(render_size=128, render_steps=3000, rays_per_frame=512, motion_preset="small"),
-    "mps": DeviceDefaults(render_size=256, render_steps=8000, rays_per_frame=1024, motion_preset="small"),
-    "cuda": DeviceDefaults(render_size=512, render_steps=20000, rays_per_frame=2048, motion_preset="geneface"),
+    "cpu": DeviceDefaults(render_size=128, output_size=512, render_steps=3000, rays_per_frame=512,
+                          motion_preset="small"),
+    "mps": DeviceDefaults(render_size=256, output_size=512, render_steps=8000, rays_per_frame=1024,
+                          motion_preset="small"),
+    "cuda": DeviceDefaults(render_size=512, output_size=512, render_steps=20000, rays_per_frame=2048,
+                           motion_preset="geneface"),
 }
 """The one table of per-device defaults (`geneface train render`, `train all` and the API read it)."""
 

@@ -13,7 +13,8 @@ section and named in ``skipped`` (``"section.metric": reason``); every number pr
     validation:
       frames        {first, count, available}: dataset frame numbers [first, first + count) of the val split
       fps, seconds  video frame rate, length of the evaluated clip (s)
-      image_size    side of the rendered and compared frames (the renderer's training size, px)
+      image_size    side of the rendered and compared frames (the person model's size, after any super-resolution,
+                    px)
       dataset_size  side of the dataset frames (px; the unit of the lmd_*_px metrics)
       reconstruction, audio_driven:       rendered against the dataset frames, on their real pixels (never the
                                           padding of a crop past the source frame: `PersonDataset.valid_box`)
@@ -154,18 +155,17 @@ def _check_inputs(person_dir, audio_paths, out) -> tuple[Any, Any, Path, list[tu
     return person, data, out, clips
 
 
-def _render(renderer, c2w: np.ndarray, offsets: np.ndarray, batch: int, desc: str, progress: bool
+def _render(model: PersonModel, c2w: np.ndarray, offsets: np.ndarray, batch: int, desc: str, progress: bool
             ) -> tuple[np.ndarray, float]:
-    """Frames [N, S, S, 3] uint8 of poses c2w [N, 4, 4] and landmark windows offsets [N, 5, 68, 3], and the
-    seconds spent."""
+    """Frames [N, S, S, 3] uint8 of poses c2w [N, 4, 4] and landmark windows offsets [N, 5, 68, 3] at the person's
+    size (through its super-resolution network where it has one), and the seconds spent."""
     frames = []
     start = time.perf_counter()
     for i in tqdm(range(0, len(c2w), batch), desc=desc, unit="batch", disable=not progress, leave=False):
-        rgb = renderer.render(torch.from_numpy(c2w[i:i + batch]).float(),
-                              torch.from_numpy(offsets[i:i + batch]).float()).rgb
-        frames.append((rgb.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8))
-    if renderer.device.type == "cuda":
-        torch.cuda.synchronize(renderer.device)
+        frames.append(model.render(offsets[i:i + batch], c2w[i:i + batch]))
+    device = model.renderer.device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return np.concatenate(frames), time.perf_counter() - start
 
 
@@ -252,8 +252,8 @@ def evaluate(person_dir: str | os.PathLike, audio_paths: list[str | os.PathLike]
 
         # 2. load the models
         loaded = PersonModel.load(person.root, device)
-        model, renderer = loaded.motion, loaded.renderer
-        size = renderer.size
+        model = loaded.motion
+        size = loaded.size
         lpips_net, why_lpips = metrics.load_optional(load_lpips, device)
         inception, why_fid = (None, None)
         if count >= MIN_FID_FRAMES:
@@ -285,9 +285,9 @@ def evaluate(person_dir: str | os.PathLike, audio_paths: list[str | os.PathLike]
         # 4. render: reconstruction (true landmarks) and audio-driven (predicted), both with the true poses
         c2w = data.pose["c2w"][idx]
         recon_windows = _windows(data.motion["offsets"])[idx]  # neighbours from the whole clip, as in training
-        _render(renderer, c2w[:1], recon_windows[:1], 1, "warm-up", False)
-        recon, t_recon = _render(renderer, c2w, recon_windows, config.batch, "render reconstruction", config.progress)
-        driven, t_driven = _render(renderer, c2w, _windows(predicted), config.batch, "render audio-driven",
+        _render(loaded, c2w[:1], recon_windows[:1], 1, "warm-up", False)
+        recon, t_recon = _render(loaded, c2w, recon_windows, config.batch, "render reconstruction", config.progress)
+        driven, t_driven = _render(loaded, c2w, _windows(predicted), config.batch, "render audio-driven",
                                    config.progress)
         gt = np.stack([cv2.resize(data.frame(int(i)), (size, size), interpolation=cv2.INTER_AREA)
                        if data.size != size else data.frame(int(i)) for i in idx])
@@ -382,7 +382,7 @@ def _unseen_audio(report: _Report, loaded: PersonModel, clips: list[tuple[Path, 
                   config: EvalConfig, sync_panels: dict) -> list[dict]:
     """Sync measures and speeds of each --audio clip (the ``audio`` entries of the report); adds each clip's
     SyncNet confidence curve to ``sync_panels``."""
-    model, renderer, person, fps = loaded.motion, loaded.renderer, loaded.person, loaded.fps
+    model, person, fps = loaded.motion, loaded.person, loaded.fps
     entries = []
     for k, (path, speech) in enumerate(tqdm(clips, desc="audio", unit="file", disable=not (config.progress and clips))):
         start = time.perf_counter()
@@ -402,7 +402,7 @@ def _unseen_audio(report: _Report, loaded: PersonModel, clips: list[tuple[Path, 
         report.put(entry, f"audio[{k}].motion_realtime_factor", "motion_realtime_factor",
                    len(speech) / media.AUDIO_RATE / max(t_feat + t_pred, 1e-9))
         n = min(frames_n, count)
-        _, t_render = _render(renderer, pose_track(person.c2w, n, "loop"), _windows(offsets)[:n], config.batch,
+        _, t_render = _render(loaded, pose_track(person.c2w, n, "loop"), _windows(offsets)[:n], config.batch,
                               f"render {path.name}", config.progress)
         entry["rendered_frames"] = n
         report.put(entry, f"audio[{k}].render_fps", "render_fps", n / max(t_render, 1e-9))

@@ -2,11 +2,13 @@
 
 Folder layout (``geneface train all`` writes it)::
 
-    PERSON/person.json   format, version, fps, size, feature kind (and its local model folder), run folder names,
+    PERSON/person.json   format, version, fps, size (the output's and the dataset's), feature kind (and its
+                         local model folder), run folder names (``sr``: null or absent when there is none),
                          the source video and where its frames were cropped (``source``: `source_block`)
     PERSON/track.npz     c2w [N,4,4] training poses, intrinsics [3,3], landmark statistics (below)
     PERSON/motion/       audio2motion run (geneface.motion)
     PERSON/render/       head NeRF + torso run (geneface.render)
+    PERSON/sr/           super-resolution run (geneface.render.sr), when the output is larger than the renderer's
     PERSON/data/         the processed dataset (optional; evaluate uses its validation split)
 """
 
@@ -82,6 +84,8 @@ class Person:
                              f"({version}; this geneface reads {VERSION})")
         for key in ("motion", "render"):
             self._inside(meta.get(key), f"person.json's {key!r}")
+        if meta.get("sr") is not None:
+            self._inside(meta["sr"], "person.json's 'sr'")
         self.meta = meta
         try:
             track = read_npz(self.root / "track.npz", max_bytes=MAX_TRACK_BYTES)
@@ -148,14 +152,21 @@ class Person:
         return self._inside(self.meta["render"], "person.json's 'render'")
 
     @property
+    def sr_dir(self) -> Path | None:
+        """The super-resolution run, or None (person models made before it existed have none)."""
+        sr = self.meta.get("sr")
+        return None if sr is None else self._inside(sr, "person.json's 'sr'")
+
+    @property
     def data_dir(self) -> Path | None:
         d = self.root / "data"
         return d if (d / "meta.json").exists() else None
 
     @staticmethod
     def write(root: Path, data: PersonDataset, feature_kind: str, motion: str = "motion",
-              render: str = "render", feature_model: Path | None = None) -> None:
-        """Write person.json and track.npz for runs ``root/motion`` and ``root/render`` trained on ``data``."""
+              render: str = "render", feature_model: Path | None = None, sr: str | None = None) -> None:
+        """Write person.json and track.npz for runs ``root/motion``, ``root/render`` and ``root/sr`` (when ``sr``
+        names it) trained on ``data``."""
         train = data.split("train")
         offsets = data.motion["offsets"][train]
         stats = LandmarkStats.from_offsets(offsets, data.motion["mean68"], float(data.motion["iod"]))
@@ -164,7 +175,7 @@ class Person:
                   mean68=stats.mean68, iod=np.array(stats.iod, np.float32))
         write_json(root / "person.json", {"format": FORMAT, "version": VERSION, "fps": data.fps,
                                           "size": data.size, "features": feature_kind,
-                                          "motion": motion, "render": render,
+                                          "motion": motion, "render": render, "sr": sr,
                                           "feature_model": str(feature_model.resolve()) if feature_model else None,
                                           "source": source_block(data)})
 

@@ -14,6 +14,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from .. import media
@@ -25,6 +26,7 @@ from ..fileio import read_npz
 from ..motion import MotionModel
 from ..motion.model import check_audio
 from ..render import PersonRenderer
+from ..render.sr import SRModel, load_sr
 from . import composite
 from .person import Person, project_landmarks
 from .stabilise import pose_track, stabilise
@@ -71,22 +73,29 @@ class InferConfig:
 
 
 class PersonModel:
-    """A trained person, loaded once to speak many times: its folder (`Person`), motion model and renderer."""
+    """A trained person, loaded once to speak many times: its folder (`Person`), motion model, renderer and
+    super-resolution network (None: frames are the renderer's)."""
 
-    def __init__(self, person: Person, motion: MotionModel, renderer: PersonRenderer) -> None:
+    def __init__(self, person: Person, motion: MotionModel, renderer: PersonRenderer,
+                 sr: SRModel | None = None) -> None:
         if motion.feature_kind != person.feature_kind:
             raise InputError(f"the motion model uses {motion.feature_kind!r} features but the person model says "
                              f"{person.feature_kind!r}")
+        if sr is not None and sr.render_size != renderer.size:
+            raise InputError(f"the super-resolution network was trained on {sr.render_size} px renders but the "
+                             f"renderer's are {renderer.size} px")
         self.person = person
         self.motion = motion
         self.renderer = renderer
+        self.sr = sr
 
     @classmethod
     def load(cls, root: str | os.PathLike, device: str | torch.device = "auto") -> "PersonModel":
         """Load a person model folder (from `train_person` / `geneface train all`) onto ``device``."""
         person = Person(root)
         dev = device if isinstance(device, torch.device) else resolve_device(device)
-        return cls(person, MotionModel.load(person.motion_dir, dev), PersonRenderer.load(person.render_dir, dev))
+        sr = load_sr(person.sr_dir, dev) if person.sr_dir is not None else None
+        return cls(person, MotionModel.load(person.motion_dir, dev), PersonRenderer.load(person.render_dir, dev), sr)
 
     @property
     def fps(self) -> float:
@@ -94,8 +103,8 @@ class PersonModel:
 
     @property
     def size(self) -> int:
-        """Side of the rendered frames in pixels."""
-        return self.renderer.size
+        """Side of the rendered frames in pixels (the renderer's, times the super-resolution factor)."""
+        return self.renderer.size * (self.sr.factor if self.sr is not None else 1)
 
     # --- the steps ------------------------------------------------------------------------------------
     def landmarks(self, audio: np.ndarray, config: InferConfig = InferConfig()) -> np.ndarray:
@@ -133,7 +142,7 @@ class PersonModel:
         ``config.side_by_side``), one per row of offsets [T, 68, 3] and cameras c2w [T, 4, 4], ``config.batch``
         at a time: a long clip never holds more than one batch."""
         points = (project_landmarks(offsets, c2w, self.renderer.intrinsics, self.person.stats)  # renderer's size
-                  if config.side_by_side else None)
+                  * (self.size / self.renderer.size) if config.side_by_side else None)  # -> the output's
         landmarks = torch.from_numpy(np.ascontiguousarray(offsets, dtype=np.float32))  # [T, 68, 3]
         starts = range(0, len(offsets), config.batch)
         for start in tqdm(starts, desc="render", unit="batch", disable=not progress):
@@ -147,25 +156,40 @@ class PersonModel:
     def render(self, windows: np.ndarray | torch.Tensor, c2w: np.ndarray | torch.Tensor,
                size: int | None = None) -> np.ndarray:
         """RGB frames [B, S, S, 3] uint8 of landmark windows [B, 5, 68, 3] (`PersonRenderer.windows`) seen from
-        cameras c2w [B, 4, 4]; S is ``size`` (default: the person's `size`)."""
-        b = len(c2w)
-        with memory_errors(self.renderer.device, f"while rendering {b} frame{'s' if b != 1 else ''} at once",
-                           "use a smaller --batch" if b > 1 else "use a smaller size or --device cpu"):
-            rgb = self.renderer.render(torch.as_tensor(c2w).float(), torch.as_tensor(windows).float(), size=size).rgb
-        return (rgb.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        cameras c2w [B, 4, 4]; S is ``size`` (default: the person's `size`). With super-resolution the renderer
+        draws them at S / factor (rounded) and the network brings them up (then resized to exactly S if need be)."""
+        return self._render(windows, c2w, size, layers=False)[0]
 
     def render_layers(self, windows: np.ndarray | torch.Tensor, c2w: np.ndarray | torch.Tensor,
                       size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """`render`'s RGB frames [B, S, S, 3] uint8 and the person's coverage [B, S, S] float32 in [0, 1] (head
         and torso; 0 on the background), from one render pass."""
+        rgb, alpha = self._render(windows, c2w, size, layers=True)
+        return rgb, alpha
+
+    def _render(self, windows: np.ndarray | torch.Tensor, c2w: np.ndarray | torch.Tensor, size: int | None,
+                layers: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """`render` (``layers`` False: alpha None) or `render_layers`."""
         b = len(c2w)
         with memory_errors(self.renderer.device, f"while rendering {b} frame{'s' if b != 1 else ''} at once",
                            "use a smaller --batch" if b > 1 else "use a smaller size or --device cpu"):
-            out = self.renderer.render(torch.as_tensor(c2w).float(), torch.as_tensor(windows).float(), size=size,
-                                       parts="person")
-            rgb = out.rgb + (1 - out.alpha)[..., None] * self.renderer.model.background_at(out.rgb.shape[1])
-        return ((rgb.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8),
-                out.alpha.clamp(0, 1).float().cpu().numpy())
+            c2w, windows = torch.as_tensor(c2w).float(), torch.as_tensor(windows).float()
+            target = int(size or self.size)
+            low = target if self.sr is None else \
+                self.renderer.size if size is None else max(8, round(target / self.sr.factor))
+            out = self.renderer.render(c2w, windows, size=low, parts="person" if layers else "full")
+            rgb, alpha = out.rgb, None  # [B, low, low, 3]
+            if layers:  # the person over the background, and the person's coverage
+                rgb = rgb + (1 - out.alpha)[..., None] * self.renderer.model.background_at(low)
+                alpha = out.alpha[..., None]
+            if self.sr is not None:
+                rgb = self.sr.upscale(rgb, out.head_alpha)  # [B, low * f, low * f, 3]
+            if rgb.shape[1] != target:
+                rgb = _resize(rgb, target)
+            if alpha is not None and alpha.shape[1] != target:
+                alpha = _resize(alpha, target)
+        rgb = (rgb.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        return rgb, None if alpha is None else alpha[..., 0].clamp(0, 1).float().cpu().numpy()
 
     # --- all of it ------------------------------------------------------------------------------------
     def speak(self, audio: str | os.PathLike | np.ndarray, out: str | os.PathLike,
@@ -200,6 +224,12 @@ def infer(person_dir: str | os.PathLike, audio_path: str | os.PathLike, out: str
     if not out.parent.exists():  # before loading anything
         raise InputError(f"output folder does not exist: {out.parent}")
     return PersonModel.load(person_dir, config.device).speak(audio_path, out, config)
+
+
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Images [B, H, W, C] resized to [B, size, size, C] (bilinear, antialiased)."""
+    return F.interpolate(images.permute(0, 3, 1, 2), size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=True).permute(0, 2, 3, 1)
 
 
 def draw_landmarks(points: np.ndarray, size: int) -> np.ndarray:

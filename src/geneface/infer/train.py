@@ -1,5 +1,6 @@
 """Make a person model from one video: process it, train the audio2motion model (or adapt a pretrained prior
-with the postnet), then the head NeRF + torso; `train_person` is what `geneface train all` runs.
+with the postnet), then the head NeRF + torso, then the super-resolution network when the output size is larger
+than the renderer's; `train_person` is what `geneface train all` runs.
 
 Each stage resumes when run again. A stage that already finished is kept only if it was made with the
 settings asked for now; otherwise the run stops with the settings that differ, and ``force`` retrains it.
@@ -28,6 +29,8 @@ from ..process.pipeline import ProcessConfig, check_source, process
 from ..render.model import ModelConfig
 from ..render.renderer import RUN_KIND as RENDER_RUN
 from ..render.renderer import legacy_settings
+from ..render.sr import FACTORS, SRTrainConfig, train_sr
+from ..render.sr import RUN_KIND as SR_RUN
 from ..render.train import RenderTrainConfig, resolve_config, train_render
 from ..weights import config_to_dict
 from .person import Person
@@ -44,7 +47,10 @@ class TrainConfig:
     """Settings of `geneface train all` (None: the device's default, `geneface.device.DEVICE_DEFAULTS`)."""
 
     size: int | None = opt(None, min=32, max=MAX_SIZE, multiple_of=2)
-    """Frame size of the dataset and the renderer (default: the device's)."""
+    """Output frame size: the dataset's, and the person model's frames (default: the device's)."""
+    render_size: int | None = opt(None, min=16, max=MAX_SIZE)
+    """Renderer (NeRF) frame size: ``size``, or ``size`` / 2 or / 4 with a super-resolution network trained to
+    bring it up (default: the device's, at most ``size``)."""
     features: str = opt("mel", choices=FEATURE_KINDS)
     """Audio feature kind."""
     feature_model: Path | None = None
@@ -59,6 +65,8 @@ class TrainConfig:
     """Audio2motion training steps: SyncNet and generator each, or postnet (default: their configs')."""
     render_steps: int | None = opt(None, min=1, max=MAX_STEPS)
     """Renderer training steps (default: the device's)."""
+    sr_steps: int | None = opt(None, min=1, max=MAX_STEPS)
+    """Super-resolution training steps (default: its config's)."""
     device: str = opt("auto", choices=DEVICES)
     """Compute device."""
     force: bool = False
@@ -68,7 +76,10 @@ class TrainConfig:
     postnet: PostnetTrainConfig = field(default_factory=PostnetTrainConfig)
     """Postnet training settings, with ``prior`` (``motion_steps`` replaces its step count)."""
     render: RenderTrainConfig = field(default_factory=RenderTrainConfig)
-    """Renderer training settings (its size defaults to ``size``; ``render_steps`` replaces its steps)."""
+    """Renderer training settings (``render_steps`` replaces its steps; its size is ``render_size``: one given
+    here instead trains the renderer at it with no super-resolution, and the person renders at it)."""
+    sr: SRTrainConfig = field(default_factory=SRTrainConfig)
+    """Super-resolution training settings (``sr_steps`` replaces its steps; its factor follows the sizes)."""
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -76,7 +87,8 @@ class TrainConfig:
 
 def train_person(video: str | os.PathLike, out: str | os.PathLike, config: TrainConfig = TrainConfig(),
                  progress: bool = True) -> PersonModel:
-    """Process ``video`` into ``out/data`` and train ``out/motion`` and ``out/render``; returns the loaded model.
+    """Process ``video`` into ``out/data`` at the output size and train ``out/motion``, ``out/render`` (at the
+    renderer's size) and, when the output is larger, ``out/sr``; returns the loaded model.
 
     The layout of ``out`` is `geneface.infer.person`'s. Rerunning resumes; see the module docstring for
     finished stages.
@@ -84,7 +96,8 @@ def train_person(video: str | os.PathLike, out: str | os.PathLike, config: Train
     out = Path(out)
     device = resolve_device(config.device)
     defaults = defaults_for(device)
-    size = config.size or defaults.render_size
+    size = config.size or defaults.output_size
+    render_size, sr_factor = _render_size(config, size, defaults.render_size)
     if config.prior is not None and config.motion_preset is not None:
         raise InputError("--motion-preset sizes a new motion model; with --prior the prior's sizes are used")
 
@@ -121,20 +134,50 @@ def train_person(video: str | os.PathLike, out: str | os.PathLike, config: Train
 
         # 3. renderer
         render_dir = out / "render"
-        rcfg = replace(config.render, size=config.render.size or size, steps=config.render_steps or config.render.steps)
+        rcfg = replace(config.render, size=render_size, steps=config.render_steps or config.render.steps)
         resolutions_given = rcfg.model.resolutions != ModelConfig().resolutions
         resolved = resolve_config(device, PersonDataset(data).size, rcfg, resolutions_given)
         settings = asdict(resolved)
         wanted = {"model": settings.pop("model"), "train": settings}
+        sr_dir = out / "sr"
         if _keep(RunFolder(render_dir, RENDER_RUN), wanted, config.force, "train render"):
+            if sr_dir.exists():  # made from another renderer
+                log.warning(f"removing {sr_dir}: the renderer it was trained on is being trained again")
+                shutil.rmtree(sr_dir)
             train_render(data, render_dir, rcfg, device=device, progress=progress)
 
-        # 4. the person model
-        Person.write(out, PersonDataset(data), feature_kind=config.features, feature_model=config.feature_model)
+        # 4. super-resolution from the renderer's size to the output size
+        if sr_factor is not None:
+            scfg = replace(config.sr, steps=config.sr_steps or config.sr.steps,
+                           model=replace(config.sr.model, factor=sr_factor))
+            settings = asdict(scfg)
+            wanted = {"model": settings.pop("model"), "train": settings, "render_size": render_size, "size": size}
+            if _keep(RunFolder(sr_dir, SR_RUN), wanted, config.force, "train sr"):
+                train_sr(data, render_dir, sr_dir, scfg, device=device, progress=progress)
+
+        # 5. the person model
+        Person.write(out, PersonDataset(data), feature_kind=config.features, feature_model=config.feature_model,
+                     sr="sr" if sr_factor is not None else None)
         model = PersonModel.load(out, device)
         log.info(f"person model written to {out}; render speech with: geneface infer --person {out} --audio SPEECH "
                  f"--out OUT.mp4")
         return model
+
+
+def _render_size(config: TrainConfig, size: int, device_size: int) -> tuple[int, int | None]:
+    """The renderer's frame size and the super-resolution factor (None: none) for output ``size``."""
+    if config.render_size is None and config.render.size is not None:
+        return config.render.size, None  # the renderer's own size, as the person's (no super-resolution)
+    render_size = config.render_size or min(device_size, size)
+    if config.render.size is not None and config.render.size != render_size:
+        raise InputError(f"the renderer's size is given twice ({render_size} and {config.render.size}); give one")
+    if render_size == size:
+        return render_size, None
+    if not any(size == render_size * f for f in FACTORS):
+        fits = " or ".join(str(size // f) for f in FACTORS if size % f == 0 and size // f >= 16)
+        raise InputError(f"--size {size} must be --render-size {render_size} times 1, 2 or 4 (super-resolution "
+                         f"scales by 2 or 4){f'; use --render-size {fits}' if fits else ''}")
+    return render_size, size // render_size
 
 
 def _stage(name: str, folder: Path) -> None:
@@ -146,7 +189,7 @@ def _keep(run: RunFolder, wanted: dict, force: bool, command: str) -> bool:
     of its config.json); a finished or interrupted run made otherwise is an error, or removed with ``force``."""
     if run.finished:
         made = run.read_config()
-        if isinstance(made.get("train"), dict):
+        if run.kind == RENDER_RUN and isinstance(made.get("train"), dict):
             made["train"] = legacy_settings(made["train"])
         diff = differing_settings({k: made.get(k) for k in wanted}, wanted, IGNORED)
         if not diff:

@@ -1,0 +1,478 @@
+"""Per-person super-resolution (DESIGN.md step 10): a small 2-D network that brings the renderer's low-resolution
+frames to 2x or 4x their side, trained on the person's own high-resolution frames.
+
+The network works at the low resolution (residual 3x3 convolutions), upsamples with a pixel shuffle and adds
+its output to a bicubic upsampling of the input, so an untrained one is bicubic. Training renders the
+dataset's training frames once with the finished renderer and fits random patches of them (a share centred on
+the mouth) to the dataset's frames at the output size.
+
+A run folder::
+
+    RUN/config.json          format, version, model config, sizes, training settings; written last
+    RUN/model.safetensors    the network's weights
+    RUN/history.json         validation PSNR (full frame and mouth, super-resolved and bicubic) against step
+    RUN/val/*.png            validation frames: bicubic | super-resolved | truth, one row per frame
+    RUN/train_log.jsonl      losses every few steps
+    RUN/train_state/         while training: weights + optimizer state + state.json, replaced atomically
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from ..cliopts import MAX_SEED, MAX_STEPS, check_config, opt
+from ..constants import EYES_68, MOUTH_68
+from ..dataset import PersonDataset
+from ..device import resolve_device
+from ..engine import Callback, RunFolder, RunKind, Savable, Trainer
+from ..errors import InputError
+from ..fileio import atomic_path, write_json
+from .model import valid_pixels
+from .perceptual import load_perceptual
+from .renderer import PersonRenderer
+from .volume import psnr
+
+log = logging.getLogger(__name__)
+
+RUN_KIND = RunKind("geneface-sr", 1, "super-resolution model", "geneface train sr")
+FACTORS = (2, 4)
+IN_CHANNELS = 4
+"""The network's input: the rendered RGB and the head's coverage (`RenderOutput.head_alpha`)."""
+RESUMABLE_CHANGES = ("save_every", "log_every", "val_every", "val_frames", "render_batch")
+"""Settings that may differ when an interrupted run is resumed."""
+
+
+@dataclass
+class SRConfig:
+    """Sizes of the super-resolution network."""
+
+    factor: int | None = opt(None, min=2, max=4, choices=FACTORS)
+    """Upscaling factor (default: the dataset's frame side over the renderer's)."""
+    channels: int = opt(32, min=4, max=256)
+    """Feature channels (all at the low resolution)."""
+    blocks: int = opt(3, min=0, max=32)
+    """Residual blocks of two 3x3 convolutions."""
+
+    def __post_init__(self) -> None:
+        check_config(self)
+
+
+@dataclass
+class SRTrainConfig:
+    """Settings of `geneface train sr`."""
+
+    steps: int = opt(1500, min=1, max=MAX_STEPS)
+    """Training steps."""
+    batch: int = opt(16, min=1, max=1024)
+    """Patches per step."""
+    patch: int = opt(32, min=8, max=512)
+    """Side of a patch at the low resolution (its target is ``patch`` x factor at the output size)."""
+    lr: float = opt(2e-3, above=0.0, max=1.0)
+    """Adam's learning rate, decayed exponentially."""
+    lr_decay: float = opt(0.1, above=0.0, max=1.0)
+    """Learning-rate factor reached at the last step."""
+    mouth_fraction: float = opt(0.4, min=0.0, max=1.0)
+    """Share of the patches centred on the mouth."""
+    mouth_weight: float = opt(4.0, min=0.0, max=1000.0)
+    """L1 weight of the mouth's pixels (the rest weigh 1)."""
+    eye_weight: float = opt(4.0, min=0.0, max=1000.0)
+    """L1 weight of the eyes' pixels."""
+    perceptual_weight: float = opt(0.05, min=0.0, max=1000.0)
+    """Weight of the LPIPS loss on the patches, used only where LPIPS weights are installed (`geneface.lpips`)."""
+    perceptual_patches: int = opt(4, min=1, max=1024)
+    """Patches of a step scored by LPIPS (the first ones, mouth patches first; LPIPS costs about four times
+    the network's own step per patch on a CPU)."""
+    max_frames: int = opt(600, min=1, max=1_000_000)
+    """Most training frames rendered (evenly spaced over the training split): rendering them once is the slow
+    part of a short run."""
+    render_batch: int = opt(8, min=1, max=1024)
+    """Frames rendered at once."""
+    val_every: int = opt(500, min=1, max=MAX_STEPS)
+    """Steps between validations (PSNR on validation frames, a PNG)."""
+    val_frames: int = opt(8, min=1, max=10_000)
+    """Validation frames (evenly spaced over the validation split)."""
+    save_every: float = opt(120.0, min=0.0, max=1e7)
+    """Seconds between checkpoints."""
+    log_every: int = opt(10, min=1, max=MAX_STEPS)
+    """Steps between lines of train_log.jsonl."""
+    seed: int = opt(0, min=0, max=MAX_SEED)
+    """Random seed."""
+    model: SRConfig = field(default_factory=SRConfig)
+    """Network sizes."""
+
+    def __post_init__(self) -> None:
+        check_config(self)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv2(F.relu(self.conv1(x), inplace=True))
+
+
+class SuperRes(Savable, nn.Module):
+    """Low-resolution render [B, 4, h, w] (RGB in [0, 1] and head alpha) -> RGB [B, 3, h*f, w*f] in [0, 1]:
+    bicubic upsampling of the RGB plus a learned residual computed at the low resolution."""
+
+    config_args = {"config": SRConfig}
+
+    def __init__(self, config: SRConfig) -> None:
+        super().__init__()
+        if config.factor not in FACTORS:
+            raise InputError(f"super-resolution factor must be one of {FACTORS}, got {config.factor}")
+        self.config = config
+        f, c = config.factor, config.channels
+        self.head = nn.Conv2d(IN_CHANNELS, c, 3, padding=1)
+        self.body = nn.Sequential(*[ResBlock(c) for _ in range(config.blocks)])
+        self.tail = nn.Conv2d(c, 3 * f * f, 3, padding=1)
+        self.shuffle = nn.PixelShuffle(f)
+        with torch.no_grad():  # start near bicubic
+            self.tail.weight.mul_(0.1)
+            self.tail.bias.zero_()
+
+    @property
+    def factor(self) -> int:
+        return int(self.config.factor)
+
+    def forward(self, x: Tensor, clamp: bool = True) -> Tensor:
+        rgb = x[:, :3]
+        up = F.interpolate(rgb, scale_factor=self.factor, mode="bicubic", align_corners=False)  # [B, 3, H, W]
+        feat = F.relu(self.head(x * 2 - 1), inplace=True)  # [B, C, h, w]
+        out = up + self.shuffle(self.tail(self.body(feat) + feat))
+        return out.clamp(0, 1) if clamp else out
+
+    def loss(self, pred: Tensor, target: Tensor, weight: Tensor, perceptual: nn.Module | None = None,
+             perceptual_weight: float = 0.0, perceptual_patches: int | None = None) -> dict[str, Tensor]:
+        """Losses of predictions ``pred`` [B, 3, H, W] against ``target`` [B, 3, H, W] (both in [0, 1]): ``l1``,
+        weighted per pixel by ``weight`` [B, 1, H, W] (0 on pixels that must not count, such as padding), and
+        ``perceptual``: LPIPS of the first ``perceptual_patches`` images (default all) where ``perceptual`` is
+        given, with the zero-weight pixels of ``pred`` replaced by the target's."""
+        l1 = ((pred - target).abs().mean(1, keepdim=True) * weight).sum() / weight.sum().clamp_min(1e-6)
+        losses = {"l1": l1}
+        if perceptual is not None and perceptual_weight > 0:
+            n = perceptual_patches or len(pred)
+            shown = torch.where(weight[:n] > 0, pred[:n], target[:n])
+            losses["perceptual"] = perceptual_weight * perceptual(shown * 2 - 1, target[:n] * 2 - 1).mean()
+        return losses
+
+
+class SRModel:
+    """A trained super-resolution network for inference: ``load_sr(run_dir).upscale(rgb, alpha)``."""
+
+    def __init__(self, net: SuperRes, render_size: int, size: int) -> None:
+        self.net = net.eval().requires_grad_(False)
+        self.render_size = render_size
+        """Side of the renderer's frames it was trained on."""
+        self.size = size
+        """Side of its output for frames of ``render_size``."""
+
+    @property
+    def factor(self) -> int:
+        return self.net.factor
+
+    @property
+    def device(self) -> torch.device:
+        return self.net.tail.weight.device
+
+    @torch.no_grad()
+    def upscale(self, rgb: Tensor, alpha: Tensor) -> Tensor:
+        """RGB [B, H, W, 3] in [0, 1] and the head's alpha [B, H, W] (`RenderOutput.head_alpha`) -> RGB
+        [B, H*f, W*f, 3] in [0, 1]."""
+        if rgb.dim() != 4 or rgb.shape[-1] != 3 or alpha.shape != rgb.shape[:-1]:
+            raise InputError(f"upscale needs rgb [B, H, W, 3] and alpha [B, H, W], got {list(rgb.shape)} and "
+                             f"{list(alpha.shape)}")
+        x = torch.cat([rgb, alpha[..., None]], -1).to(self.device, torch.float32).permute(0, 3, 1, 2)
+        return self.net(x.contiguous()).permute(0, 2, 3, 1)
+
+
+def load_sr(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> SRModel:
+    """Load a finished run of `geneface train sr` onto ``device``."""
+    run = RunFolder(run_dir, RUN_KIND)
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    config = run.read_config()
+    where = str(run.root / "config.json")
+    net = SuperRes.from_config_record(config.get("model"), where).load(run.root / "model.safetensors")
+    try:
+        render_size, size = int(config["render_size"]), int(config["size"])
+    except (KeyError, TypeError, ValueError):
+        raise InputError(f"{where} lacks the sizes (render_size, size)") from None
+    if size != render_size * net.factor:
+        raise InputError(f"{where}: size {size} is not render_size {render_size} x factor {net.factor}")
+    return SRModel(net.to(dev), render_size, size)
+
+
+# --- training --------------------------------------------------------------------------------------------
+
+def _region_boxes(ds: PersonDataset, frames: np.ndarray, points: np.ndarray, pad: float) -> np.ndarray:
+    """Boxes [N, 4] (x0, y0, x1, y1) in the dataset's pixels around the 68-landmark ``points`` of ``frames``
+    [N], grown by ``pad`` of their size (as `RenderData` boxes its lip rays)."""
+    motion, c2w, K = ds.motion, ds.pose["c2w"][frames].astype(np.float64), ds.intrinsics.astype(np.float64)
+    head = motion["mean68"][None, points] + motion["offsets"][frames][:, points] * float(motion["iod"])
+    w2c = np.linalg.inv(c2w)
+    cam = np.einsum("tij,tpj->tpi", w2c[:, :3, :3], head) + w2c[:, None, :3, 3]
+    pts = cam[..., :2] / cam[..., 2:3] * K[[0, 1], [0, 1]] + K[:2, 2]  # [N, P, 2]
+    lo, hi = pts.min(1), pts.max(1)
+    grow = (hi - lo) * pad + 2
+    return np.concatenate([lo - grow, hi + grow], 1).astype(np.float32)
+
+
+def _in_boxes(boxes: Tensor, ys: Tensor, xs: Tensor) -> Tensor:
+    """[B, 1, H, W] True inside each patch's box [B, 4] at pixel rows ``ys`` [B, H] and columns ``xs`` [B, W]."""
+    inx = (xs >= boxes[:, 0:1]) & (xs < boxes[:, 2:3])  # [B, W]
+    iny = (ys >= boxes[:, 1:2]) & (ys < boxes[:, 3:4])  # [B, H]
+    return (iny[:, :, None] & inx[:, None, :])[:, None]
+
+
+class SRTrainer:
+    """Trains a person's super-resolution network into a run folder; `run` does everything (and resumes)."""
+
+    def __init__(self, data_dir: str | os.PathLike, render_dir: str | os.PathLike, run_dir: str | os.PathLike,
+                 config: SRTrainConfig = SRTrainConfig(), device: torch.device | str = "cpu",
+                 progress: bool = True) -> None:
+        self.run_folder = RunFolder(run_dir, RUN_KIND)
+        self.run_dir = self.run_folder.root
+        self.device = resolve_device(device)
+        self.progress = progress
+        self.ds = PersonDataset(data_dir)
+        self.render_dir = Path(render_dir)
+        self.renderer = PersonRenderer.load(render_dir, self.device)
+        self.render_size = self.renderer.size
+        self.size = self.ds.size
+        factor = config.model.factor or self.size // self.render_size
+        if factor not in FACTORS or self.size != self.render_size * factor:
+            want = " or ".join(str(self.render_size * f) for f in ((factor,) if config.model.factor else FACTORS))
+            raise InputError(f"super-resolution needs the dataset {self.ds.root} at the output size ({want} px for "
+                             f"the renderer's {self.render_size} px), but it was processed at {self.size} px; "
+                             f"process the video again with --size {want.split(' or ')[-1]}")
+        self.config = replace(config, model=replace(config.model, factor=factor))
+        self.factor = factor
+        self.trainer = Trainer(self.run_folder, log_every=self.config.log_every, progress=progress,
+                               lr_hint="lower the learning rate (--lr)",
+                               memory_hint=f"use a smaller --batch (now {config.batch}) or --patch "
+                                           f"(now {config.patch})")
+        c = self.config
+        self.perceptual = load_perceptual(self.device) if c.perceptual_weight > 0 else None
+        self.history: list[dict] = []
+        self.step = 0
+        self.wall_before = 0.0
+        self.session_start = time.perf_counter()
+        self.last: dict = {}
+        s = self.size
+        x0, y0, x1, y1 = valid_pixels([v / s for v in self.ds.valid_box], s)
+        self.valid_box = (x0, y0, x1, y1)  # the real pixels at the output size, half-open
+        self.valid = torch.zeros(s, s, dtype=torch.bool, device=self.device)  # [S, S]
+        self.valid[y0:y1, x0:x1] = True
+        self.valid &= torch.from_numpy(self.ds.valid_mask()).to(self.device)
+
+    # --- data --------------------------------------------------------------------------------------
+    def _pick(self, split: str, count: int) -> np.ndarray:
+        idx = self.ds.split(split)
+        if len(idx) == 0:
+            return idx
+        return idx[np.unique(np.linspace(0, len(idx) - 1, min(count, len(idx))).round().astype(int))]
+
+    def _render(self, frames: np.ndarray, desc: str) -> Tensor:
+        """Renders [N, 4, h, w] (RGB, head alpha) of dataset ``frames`` [N] at the renderer's size, as
+        `geneface.evaluate` renders validation frames (the dataset's poses and landmark windows)."""
+        offsets = torch.from_numpy(np.ascontiguousarray(self.ds.motion["offsets"], np.float32))
+        c2w = torch.from_numpy(np.asarray(self.ds.pose["c2w"], np.float32))
+        out = []
+        step = self.config.render_batch
+        for i in tqdm(range(0, len(frames), step), desc=desc, unit="batch", disable=not self.progress, leave=False):
+            idx = torch.from_numpy(frames[i:i + step])
+            r = self.renderer.render(c2w[idx], PersonRenderer.windows(offsets, idx))
+            x = torch.cat([r.rgb.clamp(0, 1), r.head_alpha[..., None]], -1).permute(0, 3, 1, 2)
+            out.append(x.to(torch.float16).contiguous())
+        return torch.cat(out).to(self.device)
+
+    def _truth(self, frames: np.ndarray) -> Tensor:
+        """Dataset frames [N, S, S, 3] uint8."""
+        return torch.from_numpy(np.stack([self.ds.frame(int(i)) for i in frames])).to(self.device)
+
+    def _load_data(self) -> None:
+        c = self.config
+        self.train_frames = self._pick("train", c.max_frames)
+        if len(self.train_frames) == 0:
+            raise InputError(f"dataset {self.ds.root} has no training frames")
+        self.val_frames, self.val_split = self._pick("val", c.val_frames), "val"
+        if len(self.val_frames) == 0:
+            log.warning(f"{self.ds.root} has no validation frames; validating on training frames")
+            self.val_frames, self.val_split = self._pick("train", c.val_frames), "train"
+        self.lr = self._render(self.train_frames, "render frames")  # [N, 4, h, w] float16
+        self.hr = self._truth(self.train_frames)  # [N, S, S, 3] uint8
+        self.mouth = torch.from_numpy(_region_boxes(self.ds, self.train_frames, MOUTH_68, 0.3)).to(self.device)
+        self.eyes = torch.from_numpy(_region_boxes(self.ds, self.train_frames, EYES_68, 0.5)).to(self.device)
+        self.val_lr = self._render(self.val_frames, "render validation frames")
+        self.val_hr = self._truth(self.val_frames)
+        self.val_mouth = _region_boxes(self.ds, self.val_frames, MOUTH_68, 0.3)
+
+    def sample(self, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """A batch of patches: input [B, 4, p, p], target [B, 3, p*f, p*f] in [0, 1] and loss weight
+        [B, 1, p*f, p*f] (0 on padding, ``mouth_weight`` / ``eye_weight`` in their boxes, else 1)."""
+        c, f, dev = self.config, self.factor, self.device
+        h = self.lr.shape[-1]
+        p = min(c.patch, h)
+        n = c.batch
+        pick = torch.randint(len(self.train_frames), (n,), generator=gen, device=dev)
+        # top-left corners at the low resolution: uniform over the real pixels, or around the mouth's centre
+        x0, y0, x1, y1 = (v / f for v in self.valid_box)
+        lo = torch.tensor([x0, y0], device=dev)
+        hi = torch.tensor([max(x0, x1 - p), max(y0, y1 - p)], device=dev)
+        corner = lo + torch.rand(n, 2, generator=gen, device=dev) * (hi - lo)
+        mouth = torch.arange(n, device=dev) < round(n * c.mouth_fraction)  # mouth patches first
+        box = self.mouth[pick] / f
+        centre = (box[:, :2] + box[:, 2:]) / 2 + (torch.rand(n, 2, generator=gen, device=dev) - 0.5) * (p / 2)
+        corner = torch.where(mouth[:, None], centre - p / 2, corner)
+        corner = corner.round().long().clamp(0, h - p)  # [B, 2] x, y
+        q = p * f
+        inputs, targets = [], []
+        for k in range(n):
+            x, y, i = int(corner[k, 0]), int(corner[k, 1]), int(pick[k])
+            inputs.append(self.lr[i, :, y:y + p, x:x + p])
+            targets.append(self.hr[i, y * f:y * f + q, x * f:x * f + q])
+        inputs_t = torch.stack(inputs).float()
+        target = torch.stack(targets).permute(0, 3, 1, 2).float() / 255
+        ar = torch.arange(q, device=dev)
+        ys, xs = corner[:, 1:2] * f + ar, corner[:, 0:1] * f + ar  # [B, q] pixel rows and columns
+        weight = self.valid[ys[:, :, None], xs[:, None, :]][:, None].float()  # [B, 1, q, q]
+        weight = weight * (1 + (c.mouth_weight - 1) * _in_boxes(self.mouth[pick], ys, xs).float()
+                           + (c.eye_weight - 1) * _in_boxes(self.eyes[pick], ys, xs).float()).clamp_min(0)
+        return inputs_t, target, weight
+
+    # --- checkpoints -------------------------------------------------------------------------------
+    def _run_record(self) -> dict:
+        """What config.json holds (and a checkpoint, to resume with the same settings)."""
+        c = asdict(self.config)
+        return {"model": c.pop("model"), "render_size": self.render_size, "size": self.size, "train": c,
+                "data": str(self.ds.root), "render": str(self.render_dir)}
+
+    def _wall(self) -> float:
+        return round(self.wall_before + time.perf_counter() - self.session_start, 2)
+
+    def save_state(self, opt: torch.optim.Optimizer) -> None:
+        self.run_folder.save_state({"model": self.net}, {"optimizer": opt}, {
+            "step": self.step, "train_seconds": self.trainer.train_seconds, "wall_seconds": self._wall(),
+            "run": self._run_record(), "history": self.history})
+
+    def _load_state(self, state: dict, opt: torch.optim.Optimizer) -> None:
+        try:
+            saved, step = dict(state["run"]), int(state["step"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(f"training state {self.run_folder.state_dir} is corrupt ({type(e).__name__}: {e}); "
+                             f"delete it to start over") from None
+        self.run_folder.check_same_settings(saved, self._run_record(), RESUMABLE_CHANGES)
+        self.run_folder.load_state({"model": self.net}, {"optimizer": opt})
+        self.step = step
+        self.trainer.train_seconds = float(state.get("train_seconds", 0.0))
+        self.wall_before = float(state.get("wall_seconds", 0.0))
+        self.history = list(state.get("history", []))
+
+    # --- validation --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """PSNR of the super-resolved and of the bicubic validation frames against the truth, over the real
+        pixels and over the mouth's box; a PNG (bicubic | super-resolved | truth)."""
+        self.net.eval()
+        sr = torch.cat([self.net(x.float()) for x in self.val_lr.split(4)])  # [N, 3, S, S]
+        self.net.train()
+        f = self.factor
+        bicubic = F.interpolate(self.val_lr[:, :3].float(), scale_factor=f, mode="bicubic",
+                                align_corners=False).clamp(0, 1)
+        gt = self.val_hr.permute(0, 3, 1, 2).float() / 255
+        mouth = torch.zeros_like(gt[:, :1], dtype=torch.bool)
+        for k, (x0, y0, x1, y1) in enumerate(np.round(self.val_mouth).astype(int).clip(0, self.size)):
+            mouth[k, :, y0:y1, x0:x1] = True
+        mouth &= self.valid
+        valid = self.valid.expand_as(mouth)
+
+        def score(pred: Tensor, where: Tensor) -> float:
+            mse = (((pred - gt) ** 2).mean(1, keepdim=True) * where).sum() / where.sum().clamp_min(1)
+            return round(psnr(mse), 3)
+
+        record = {"step": self.step, "split": self.val_split, "train_seconds": round(self.trainer.train_seconds, 2),
+                  "wall_seconds": self._wall(), "psnr": score(sr, valid), "psnr_bicubic": score(bicubic, valid),
+                  "psnr_mouth": score(sr, mouth), "psnr_mouth_bicubic": score(bicubic, mouth)}
+        rows = [torch.cat([bicubic[k], sr[k], gt[k]], 2) for k in range(min(2, len(gt)))]
+        image = (torch.cat(rows, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+        path = self.run_dir / "val" / f"step_{self.step:06d}.png"
+        with atomic_path(path) as tmp:
+            if not cv2.imwrite(str(tmp), image[..., ::-1]):
+                raise OSError(f"could not write {path}")
+        self.history.append(record)
+        write_json(self.run_dir / "history.json", self.history)
+        return record
+
+    # --- training ----------------------------------------------------------------------------------
+    def run(self) -> dict:
+        """Train (or resume) to the end; returns the last validation record. The run folder is locked meanwhile."""
+        with self.run_folder:
+            return self._train()
+
+    def _train(self) -> dict:
+        c = self.config
+        torch.manual_seed(c.seed)
+        state = self.run_folder.begin()
+        self.net = SuperRes(c.model).to(self.device)
+        opt = torch.optim.Adam(self.net.parameters(), lr=c.lr)
+        if state is not None:
+            self._load_state(state, opt)
+        self._load_data()
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(c.seed + self.step)
+        self.last = self.history[-1] if self.history else {}
+
+        def step_fn(k: int) -> dict[str, Tensor]:
+            for g in opt.param_groups:
+                g["lr"] = c.lr * c.lr_decay ** (k / max(1, c.steps))
+            inputs, target, weight = self.sample(gen)
+            losses = self.net.loss(self.net(inputs, clamp=False), target, weight, self.perceptual,
+                                   c.perceptual_weight, c.perceptual_patches)
+            opt.zero_grad(set_to_none=True)
+            sum(losses.values()).backward()
+            opt.step()
+            self.step = k + 1
+            return losses
+
+        def validation(step: int) -> None:
+            self.last = self.validate()
+
+        def status(mean: dict[str, float]) -> str:
+            last = f", val {self.last['psnr']:.2f} dB (bicubic {self.last['psnr_bicubic']:.2f})" if self.last else ""
+            return f"l1 {mean.get('l1', float('nan')):.4f}{last}"
+
+        self.net.train()
+        self.trainer.fit("sr", self.step, c.steps, step_fn, checkpoint=lambda step: self.save_state(opt),
+                         save_seconds=c.save_every, callbacks=[Callback(validation, every=c.val_every)],
+                         status=status, save_at_end=False)
+        if not self.history or self.history[-1]["step"] != self.step:
+            self.last = self.validate()
+        self.trainer.close()
+        write_json(self.run_dir / "history.json", self.history)
+        (self.run_dir / "config.json").unlink(missing_ok=True)
+        self.net.save(self.run_dir / "model.safetensors")
+        self.run_folder.write_config(self._run_record())  # last: the run is finished
+        self.run_folder.finish()
+        return self.last
+
+
+def train_sr(data_dir: str | os.PathLike, render_dir: str | os.PathLike, out_dir: str | os.PathLike,
+             config: SRTrainConfig = SRTrainConfig(), device: torch.device | str = "cpu",
+             progress: bool = True) -> dict:
+    """Train a person's super-resolution network (see `SRTrainer`) on dataset ``data_dir`` (processed at the
+    output size) and the finished renderer ``render_dir``; returns the last validation record."""
+    return SRTrainer(data_dir, render_dir, out_dir, config, device, progress).run()
