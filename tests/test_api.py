@@ -126,14 +126,15 @@ def test_demo_retrain_and_export(tmp_path, capsys, monkeypatch):
     geneface.media.write_audio(speech, geneface.media.read_audio(cli_demo.bundled_speech())[: 16000])
     monkeypatch.setattr(cli_demo, "bundled_speech", lambda: speech)
     argv = ["demo", "--retrain", "--work", str(work), "--export", str(export), "--out", str(out),
-            "--motion-steps", "3", "--render-steps", "3", "--device", "cpu"]
+            "--motion-steps", "3", "--sr-steps", "3", "--render-steps", "3", "--device", "cpu"]
     assert main(argv) == 0, capsys.readouterr().err
     assert geneface.media.probe(out).has_audio and len(list(geneface.media.read_video(out))) == 25
     weights = load_file(export / "render" / "model.safetensors")
     floats = [v for v in weights.values() if v.dtype.kind == "f"]
     assert floats and all(v.dtype == np.float16 for v in floats if np.abs(v).max(initial=0) < 6e4)
     assert not (export / "data").exists() and not (export / "render" / "train_state").exists()
-    assert PersonModel.load(export, "cpu").size == 128
+    assert PersonModel.load(export, "cpu").size == 512 and (export / "sr" / "model.safetensors").exists()
+    assert "source" not in json.loads((export / "person.json").read_text())  # no path of this machine shipped
     made = json.loads((work / "demo.json").read_text())
     assert made["train"]["render_steps"] == 3
 

@@ -316,6 +316,7 @@ def test_bundled_demo_model_renders(tmp_path, capsys):
     out = tmp_path / "demo" / "output.mp4"
     assert main(["demo", "--out", str(out), "--device", "cpu"]) == 0
     frames = _frames(out)
+    assert frames[0].shape == (512, 512, 3)  # 128 px rendered, brought to 512 by its super-resolution network
     seconds = len(media.read_audio(bundled_speech())) / media.AUDIO_RATE
     assert abs(len(frames) / FPS - seconds) <= 1 / FPS
     # a face is found in the frames, and its mouth opens with the loudness of the speech

@@ -30,14 +30,19 @@ from .train import TrainConfig, train_person
 
 log = logging.getLogger(__name__)
 
-DEMO_SIZE = 128
-"""Frame size of the demo person (pixels)."""
+DEMO_SIZE = 512
+"""Frame size of the demo person's video (pixels)."""
+DEMO_RENDER_SIZE = 128
+"""Size its renderer draws at; super-resolution brings that up to `DEMO_SIZE`."""
 DEMO_MOTION_STEPS = 1500
 """SyncNet and generator steps when retraining the demo (the `small` motion preset)."""
 DEMO_RENDER_STEPS = 3000
 """Renderer steps when retraining the demo."""
+DEMO_SR_STEPS = 1500
+"""Super-resolution steps when retraining the demo."""
 EXPORTED = ("person.json", "track.npz", "motion/config.json", "motion/metrics.json", "motion/*.safetensors",
-            "render/config.json", "render/history.json", "render/*.safetensors")
+            "render/config.json", "render/history.json", "render/*.safetensors", "sr/config.json", "sr/history.json",
+            "sr/*.safetensors")
 """What the bundled model keeps of a trained person folder (no dataset, logs, checkpoints or images)."""
 EXPORT_DTYPE = "float16"
 """Floating-point weights are stored at half precision in the bundled model (loading casts them back to
@@ -67,6 +72,8 @@ def export_person(person: Path, dest: Path) -> None:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if src.suffix == ".safetensors":
                     _write_half(src, target)
+                elif src.name == "person.json" and src.parent == person:  # the source video is not shipped
+                    write_json(target, {k: v for k, v in read_json(src).items() if k != "source"})
                 else:
                     shutil.copy2(src, target)
 
@@ -111,12 +118,14 @@ class DemoConfig:
     """Options of `geneface demo` (its paths, --out, --work and --export, aside)."""
 
     retrain: bool = False
-    """Make the synthetic clip and train the person from it (about 15-25 minutes on 2 CPU cores) instead of using
+    """Make the synthetic clip and train the person from it (about 20-30 minutes on 2 CPU cores) instead of using
     the bundled model."""
     motion_steps: int = opt(DEMO_MOTION_STEPS, min=1, max=MAX_STEPS)
     """With --retrain: SyncNet and generator steps (the small motion preset)."""
     render_steps: int = opt(DEMO_RENDER_STEPS, min=1, max=MAX_STEPS)
     """With --retrain: renderer steps."""
+    sr_steps: int = opt(DEMO_SR_STEPS, min=1, max=MAX_STEPS)
+    """With --retrain: super-resolution steps."""
     force: bool = False
     """With --retrain: start again when --work holds a demo made with other settings."""
     side_by_side: bool = False
@@ -144,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--export saves a retrained model; add --retrain")
     start = time.perf_counter()
     if demo.retrain:
-        config = TrainConfig(size=DEMO_SIZE, motion_steps=demo.motion_steps, render_steps=demo.render_steps,
+        config = TrainConfig(size=DEMO_SIZE, render_size=DEMO_RENDER_SIZE, motion_steps=demo.motion_steps, render_steps=demo.render_steps,
+                             sr_steps=demo.sr_steps,
                              device=demo.device)
         person = retrain(args.work, config, force=demo.force)
         if args.export is not None:
