@@ -1,5 +1,5 @@
 """Benchmark the demo: `geneface demo` with the bundled person, then `demo --retrain` (the code that makes the
-shipped model: the synthetic clip, then `train_person` at 128 px) timed stage by stage, and `geneface evaluate`
+shipped model: the synthetic clip, then `train_person` at 512 px, rendering at 128 px) timed stage by stage, and `geneface evaluate`
 of the retrained person on its held-out frames and on real human speech it never heard (a LibriVox reading
 from Debian's pocketsphinx-testdata, where installed).
 
@@ -22,8 +22,8 @@ import torch
 
 from geneface import EvalConfig, InferConfig, PersonModel, TrainConfig
 from geneface.evaluate import evaluate
-from geneface.infer.cli_demo import DEMO_MOTION_STEPS, DEMO_RENDER_STEPS, DEMO_SIZE, bundled_person, \
-    bundled_speech, retrain
+from geneface.infer.cli_demo import DEMO_MOTION_STEPS, DEMO_RENDER_SIZE, DEMO_RENDER_STEPS, DEMO_SIZE, \
+    DEMO_SR_STEPS, bundled_person, bundled_speech, retrain
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox/sense_and_sensibility_01_austen_64kb-0870.wav")
 
@@ -51,16 +51,19 @@ def main() -> None:
 
     # 2. the retrain, stage by stage
     start = time.time()
-    person = retrain(work / "retrain", TrainConfig(size=DEMO_SIZE, motion_steps=args.motion_steps,
-                                                   render_steps=args.render_steps, device="cpu"))
+    person = retrain(work / "retrain", TrainConfig(size=DEMO_SIZE, render_size=DEMO_RENDER_SIZE,
+                                                   motion_steps=args.motion_steps, render_steps=args.render_steps,
+                                                   sr_steps=DEMO_SR_STEPS if not args.quick else 20, device="cpu"))
     end = time.time()
     marks = {"clip": (work / "retrain" / "person.mp4").stat().st_mtime,
              "process": (person / "data" / "meta.json").stat().st_mtime,
              "motion": (person / "motion" / "config.json").stat().st_mtime,
-             "render": (person / "render" / "config.json").stat().st_mtime}
+             "render": (person / "render" / "config.json").stat().st_mtime,
+             "sr": (person / "sr" / "config.json").stat().st_mtime}
     stages = {"synth_minutes": (marks["clip"] - start) / 60, "process_minutes": (marks["process"] - marks["clip"]) / 60,
               "motion_minutes": (marks["motion"] - marks["process"]) / 60,
-              "render_minutes": (marks["render"] - marks["motion"]) / 60, "retrain_minutes": (end - start) / 60}
+              "render_minutes": (marks["render"] - marks["motion"]) / 60,
+              "sr_minutes": (marks["sr"] - marks["render"]) / 60, "retrain_minutes": (end - start) / 60}
 
     # 3. evaluation of the retrained person
     audio = [LIBRIVOX] if LIBRIVOX.exists() else []
