@@ -102,7 +102,7 @@ def test_live_draws_frames_from_the_microphone(browser):
     assert fps > 0, fps
     assert text(driver, "live-latency").endswith(" ms")
     width, height, mean, spread = driver.execute_script(CANVAS_SPREAD)
-    assert (width, height) == (128, 128)
+    assert (width, height) == (512, 512)
     assert 20 < mean < 235 and spread > 10, (mean, spread)  # a face, not a blank or uniform canvas
     assert "live: demo, 128 px" in text(driver, "live-status")
     screenshot(driver, folder, "serve_live.png")
@@ -133,7 +133,7 @@ def test_speak_renders_an_upload_and_shows_the_video(browser):
     wait_for(lambda: driver.execute_script(
         "const v = document.getElementById('speak-video'); return !v.seeking && v.readyState >= 2"), 30, "the seek")
     time.sleep(1.0)  # the player's loading spinner fades
-    assert ready[0] == 128 and abs(ready[1] - 2.0) < 0.1, ready
+    assert ready[0] == 512 and abs(ready[1] - 2.0) < 0.1, ready
     link = driver.find_element(By.ID, "speak-download")
     assert link.is_displayed() and link.get_attribute("href").endswith("?download=1")
     screenshot(driver, folder, "serve_speak.png")

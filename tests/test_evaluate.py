@@ -222,7 +222,7 @@ def test_evaluate_without_the_perceptual_packages(tiny_person, tmp_path, monkeyp
 @pytest.fixture(scope="module")
 def demo_person(tmp_path_factory) -> Path:
     """The bundled demo person with its dataset made again as `geneface demo --retrain` makes it (the bundled
-    photo and speech through `geneface synth` at 256 px, processed at 128 px): its validation frames are the
+    photo and speech through `geneface synth` at 256 px, processed at 512 px): its validation frames are the
     real held-out frames of the bundled model."""
     from geneface.infer.cli_demo import DEMO_SIZE, bundled_person
     from geneface.process.pipeline import ProcessConfig, process
@@ -251,13 +251,14 @@ def test_evaluate_the_demo_person_with_every_metric(demo_person, tmp_path, monke
     for name in ("reconstruction", "audio_driven"):
         r = v[name]
         _check_claims(r, IMAGE_KEYS, f"validation.{name}", skipped)
-        # measured on these 10 frames: PSNR 32.3-32.6 dB, SSIM 0.97, LPIPS 0.008, mouth LMD 0.73-0.81 px (3 % IOD),
-        # FID 18
-        assert 27 < r["psnr"] < 40 and 0.9 < r["ssim"] < 0.995
-        assert r["face_found"] == 1.0 and 0 < r["lmd_mouth_px"] < 1.5 and 0 < r["lmd_mouth_iod"] < 5
+        # measured on these 10 frames at 512 px (128 px rendered + super-resolution): PSNR 30.3-30.5 dB, SSIM
+        # 0.91, LPIPS 0.09, mouth LMD 2.0 px (2 % IOD), FID 61-63 (at 128 px before the super-resolution stage:
+        # 32.3-32.6 dB, 0.97, 0.008, 0.73-0.81 px, 18)
+        assert 27 < r["psnr"] < 40 and 0.85 < r["ssim"] < 0.995
+        assert r["face_found"] == 1.0 and 0 < r["lmd_mouth_px"] < 1.5 * 4 and 0 < r["lmd_mouth_iod"] < 5
         assert 0 < r["lmd_face_iod"] < 5
         if LPIPS_INSTALLED:
-            assert 0.001 < r["lpips"] < 0.05
+            assert 0.001 < r["lpips"] < 0.15
         if FID_INSTALLED:
             assert r["fid"] > 0
         else:
@@ -268,7 +269,7 @@ def test_evaluate_the_demo_person_with_every_metric(demo_person, tmp_path, monke
     assert len(v["per_frame"]["lpips_reconstruction"] if LPIPS_INSTALLED else v["per_frame"]["psnr_reconstruction"]) \
         == DEMO_FRAMES
 
-    # the same renders compared with frames shifted by 3 px: every image metric gets worse (LMD compares the
+    # the same renders compared with frames shifted by 12 px (2 % of the side): every image metric gets worse (LMD compares the
     # rendered face with the dataset's landmarks, not with the frames, so it stays)
     shifted = tmp_path / "shifted"
     shutil.copytree(demo_person, shifted, ignore=shutil.ignore_patterns("eval"))
@@ -276,7 +277,7 @@ def test_evaluate_the_demo_person_with_every_metric(demo_person, tmp_path, monke
 
     for i in range(248, 248 + DEMO_FRAMES):
         path = shifted / "data" / "frames" / f"{i:06d}.jpg"
-        cv2.imwrite(str(path), np.roll(cv2.imread(str(path)), 3, axis=1), [cv2.IMWRITE_JPEG_QUALITY, 95])
+        cv2.imwrite(str(path), np.roll(cv2.imread(str(path)), 12, axis=1), [cv2.IMWRITE_JPEG_QUALITY, 95])
     worse = evaluate(shifted, out=tmp_path / "eval2",
                      config=EvalConfig(frames=DEMO_FRAMES, device="cpu", progress=False))["validation"]
     r, w = v["reconstruction"], worse["reconstruction"]

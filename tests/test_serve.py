@@ -228,7 +228,7 @@ def test_api_lists_routes_info_people_and_example_speech(client):
     assert "mel" in info["train"]["features"] and "tiny" in info["train"]["motion_presets"]
     people = client.get("/api/people").json()["people"]
     demo = people[0]
-    assert demo["id"] == "demo" and demo["bundled"] and demo["size"] == 128 and demo["fps"] == 25
+    assert demo["id"] == "demo" and demo["bundled"] and demo["size"] == 512 and demo["fps"] == 25
     assert not demo["evaluable"] and "path" not in demo
     r = client.get("/api/example-speech")
     assert r.status_code == 200 and r.headers["content-type"] == "audio/flac" and r.content[:4] == b"fLaC"
@@ -274,7 +274,7 @@ def test_upload_render_job_makes_an_mp4_with_the_audio(client, tmp_path):
     path = tmp_path / "out.mp4"
     path.write_bytes(video.content)
     info = media.probe(path)
-    assert (info.width, info.height) == (128, 128) and info.has_audio
+    assert (info.width, info.height) == (512, 512) and info.has_audio
     assert abs(info.duration - seconds) <= 0.05
     assert len(list(media.read_video(path))) == round(seconds * 25)
     assert abs(len(media.read_audio(path)) / RATE - seconds) <= 0.05
@@ -294,7 +294,7 @@ def test_multipart_upload_and_side_by_side_render(client, tmp_path):
     job = client.post("/api/speak", json={"person": "demo", "audio": r.json()["id"],
                                           "controls": {"side_by_side": True, "seed": 3, "mouth_scale": 1.5}}).json()
     job = wait_job(client, job["id"])
-    assert job["state"] == "done" and job["result"]["size"] == [256, 128], job
+    assert job["state"] == "done" and job["result"]["size"] == [1024, 512], job
 
 
 @pytest.mark.espeak
@@ -518,7 +518,7 @@ def test_live_session_gives_one_frame_per_40_ms_in_order(client, served):
     samples = speech(3.0)[: 3 * RATE - 200]  # not a whole number of frames: the last one is padded
     with client.websocket_connect(WS) as ws:
         ready, frames, end = live_session(ws, samples, audio=True)
-    assert ready["fps"] == 25 and ready["size"] == 128 and ready["sample_rate"] == RATE
+    assert ready["fps"] == 25 and ready["size"] == 512 and ready["sample_rate"] == RATE
     assert ready["frame_samples"] == FRAME_SAMPLES and ready["audio"] is True
     count = -(-len(samples) // FRAME_SAMPLES)
     assert [f[0] for f in frames] == list(range(count))
@@ -530,7 +530,7 @@ def test_live_session_gives_one_frame_per_40_ms_in_order(client, served):
         expected = samples[index * FRAME_SAMPLES: (index + 1) * FRAME_SAMPLES]
         np.testing.assert_allclose(audio[: len(expected)], expected, atol=1e-6)
         image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-        assert image.shape == (128, 128, 3)
+        assert image.shape == (512, 512, 3)
     assert image.std() > 5  # a face, not a blank frame
     wait_until(lambda: served[1].state.live.active == 0)
 
