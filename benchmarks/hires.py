@@ -103,7 +103,7 @@ class Arm:
         out = self.renderer.render(c2w, windows)
         rgb = out.rgb
         if self.sr is not None:
-            rgb = self.sr.upscale(rgb, out.alpha)
+            rgb = self.sr.upscale(rgb, out.head_alpha)
         frames = (rgb.clamp(0, 1).numpy() * 255).round().astype(np.uint8)
         if frames.shape[1] != self.size:
             frames = np.stack([cv2.resize(f, (self.size, self.size), interpolation=cv2.INTER_CUBIC) for f in frames])

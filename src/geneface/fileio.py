@@ -4,6 +4,7 @@ folder, and readers that refuse what they were not made for (pickles, oversized 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -151,3 +152,12 @@ def folder_lock(folder: str | os.PathLike, name: str = LOCK_FILE, what: str | No
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read 1 MiB at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

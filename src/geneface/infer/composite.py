@@ -10,7 +10,6 @@ Pixels outside the crop stay the source's exactly.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from tqdm import tqdm
 from .. import media
 from ..constants import FPS
 from ..errors import InputError
+from ..fileio import sha256_file
 from ..render import PersonRenderer
 from .person import Person
 from .stabilise import pose_at
@@ -98,7 +98,7 @@ def check_source(person: Person, given: str | os.PathLike | None = None) -> Path
     if not path.is_file():
         moved = "is not there (moved or deleted since `train all`)" if given is None else "is not a file"
         raise InputError(f"{what} {moved}; {hint}")
-    if path.stat().st_size != record.bytes or _sha256(path) != record.sha256:
+    if path.stat().st_size != record.bytes or sha256_file(path) != record.sha256:
         changed = "has moved or changed since `train all`" if given is None else "is not the person's source video"
         raise InputError(f"{what} {changed} (checksum differs); {hint}")
     return path
@@ -337,9 +337,3 @@ def _png(rgb: np.ndarray) -> np.ndarray:
     return buf
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -21,7 +21,6 @@ frame, so the frame rate is not an option.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import tempfile
 import time
@@ -42,7 +41,8 @@ from ..errors import InputError, NoFaceError
 from ..features import FEATURE_KINDS, extract_features
 from ..features.activity import is_silent
 from ..features.mel import f0_hz
-from ..fileio import LOCK_FILE, atomic_dir, atomic_path, folder_lock, read_json, read_npz, write_json, write_npz
+from ..fileio import (LOCK_FILE, atomic_dir, atomic_path, folder_lock, read_json, read_npz, sha256_file, write_json,
+                      write_npz)
 from . import avsync
 from . import masks as masks_mod
 from . import pose as pose_mod
@@ -542,10 +542,10 @@ def process(video: str | Path, out: str | Path, config: ProcessConfig = ProcessC
     """Run (or resume) every step; returns the summary also stored in ``meta.json``."""
     video, out = Path(video), Path(out)
     info = check_source(video, config.audio)
-    key = {"source_sha256": _sha256(video), "size": config.size, "fps": float(FPS),
+    key = {"source_sha256": sha256_file(video), "size": config.size, "fps": float(FPS),
            "focal_scale": config.focal_scale, "crop_scale": config.crop_scale,
            "pose_smoothing": config.pose_smoothing,
-           "audio_sha256": _sha256(config.audio) if config.audio is not None else None,
+           "audio_sha256": sha256_file(config.audio) if config.audio is not None else None,
            "av_offset": config.av_offset}
     for name in ("max_crop", "off_centre"):  # at their defaults, folders of earlier versions still resume
         if getattr(config, name) != getattr(ProcessConfig, name):
@@ -620,14 +620,6 @@ def _open_output(out: Path, key: dict) -> dict:
                              f"--out or delete that folder")
         return dict(progress.get("done", {}))
     raise InputError(f"{out} has meta.json but no progress.json; choose another --out")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _shift_inside(start: float, side: float, extent: int, slack: float) -> float:
