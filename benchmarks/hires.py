@@ -14,7 +14,8 @@ super-resolution stage, and a renderer trained directly at 512 px for the same w
    (b) ``sr``: the same renderer followed by the super-resolution stage (`geneface.render.sr.train_sr`,
        its default steps unless --sr-steps), trained on the person's own --size frames;
    (c) ``direct``: a renderer trained at --size for the wall time of (a)'s renderer plus (b)'s SR training
-       (its step count is set from the measured time of a short calibration run at --size).
+       (its step count is set from a short calibration run at --size: the budget less that run's fixed costs,
+       loading and validation, over its time per step).
 3. On the validation frames, against the dataset's --size frames: PSNR, SSIM and LPIPS (where its weights are
    installed) of the whole frame and of the mouth region (the box around the true lip landmarks, widened by half
    its size), and the mouth LMD (MediaPipe on the rendered frames against the dataset's mesh, % of the
@@ -237,12 +238,17 @@ def main() -> None:
         calibration = 60 if not args.quick else 10
         in_child(timed_render_training, str(data), str(folder / "calibrate"), args.size, calibration, args.threads,
                  str(folder / "calibrate.txt"))
-        per_step = float((folder / "calibrate.txt").read_text()) / calibration
-        steps = max(int(budget / per_step), calibration)
+        # the calibration's wall time is mostly fixed costs (loading the frames, validations at --size): its
+        # history separates the steps' own time from them
+        last = read_json(folder / "calibrate" / "history.json")[-1]
+        per_step = last["train_seconds"] / last["step"]
+        overhead = float((folder / "calibrate.txt").read_text()) - last["train_seconds"]
+        steps = max(int((budget - overhead) / per_step), calibration)
         in_child(timed_render_training, str(data), str(folder / "run"), args.size, steps, args.threads,
                  str(folder / "seconds.txt"))
         return {"train_seconds": float((folder / "seconds.txt").read_text()), "steps": steps,
-                "calibration_seconds_per_step": per_step, "budget_seconds": budget}
+                "calibration_seconds_per_step": per_step, "calibration_fixed_seconds": overhead,
+                "budget_seconds": budget}
 
     print(f"== (c) renderer at {args.size} px for {budget / 60:.1f} min", flush=True)
     direct, direct_info = cache.step("render_direct", build_direct)
