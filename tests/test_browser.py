@@ -102,9 +102,9 @@ def test_live_draws_frames_from_the_microphone(browser):
     assert fps > 0, fps
     assert text(driver, "live-latency").endswith(" ms")
     width, height, mean, spread = driver.execute_script(CANVAS_SPREAD)
-    assert (width, height) == (512, 512)
+    assert (width, height) == (128, 128)
     assert 20 < mean < 235 and spread > 10, (mean, spread)  # a face, not a blank or uniform canvas
-    assert "live: demo, 512 px" in text(driver, "live-status")
+    assert "live: demo, 128 px" in text(driver, "live-status")
     screenshot(driver, folder, "serve_live.png")
     driver.find_element(By.ID, "live-stop").click()
     wait_for(lambda: text(driver, "live-status").startswith("stopped"), 30, "the session to stop")

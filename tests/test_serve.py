@@ -518,7 +518,7 @@ def test_live_session_gives_one_frame_per_40_ms_in_order(client, served):
     samples = speech(3.0)[: 3 * RATE - 200]  # not a whole number of frames: the last one is padded
     with client.websocket_connect(WS) as ws:
         ready, frames, end = live_session(ws, samples, audio=True)
-    assert ready["fps"] == 25 and ready["size"] == 512 and ready["sample_rate"] == RATE
+    assert ready["fps"] == 25 and ready["size"] == 128 and ready["sample_rate"] == RATE
     assert ready["frame_samples"] == FRAME_SAMPLES and ready["audio"] is True
     count = -(-len(samples) // FRAME_SAMPLES)
     assert [f[0] for f in frames] == list(range(count))
@@ -530,7 +530,7 @@ def test_live_session_gives_one_frame_per_40_ms_in_order(client, served):
         expected = samples[index * FRAME_SAMPLES: (index + 1) * FRAME_SAMPLES]
         np.testing.assert_allclose(audio[: len(expected)], expected, atol=1e-6)
         image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-        assert image.shape == (512, 512, 3)
+        assert image.shape == (128, 128, 3)
     assert image.std() > 5  # a face, not a blank frame
     wait_until(lambda: served[1].state.live.active == 0)
 

@@ -143,6 +143,13 @@ def test_person_renders_through_sr(sr_person):
     frames = model.render(windows, c2w)
     assert frames.shape == (2, 128, 128, 3) and frames.dtype == np.uint8 and frames.std() > 1
     assert model.render(windows, c2w, size=90).shape == (2, 90, 90, 3)  # 22 px rendered, x4, resized
+    # up to the renderer's size frames are rendered directly, without the network
+    direct = (model.renderer.render(torch.from_numpy(c2w).float(), windows).rgb.clamp(0, 1).numpy() * 255).round()
+    np.testing.assert_array_equal(model.render(windows, c2w, size=32), direct.astype(np.uint8))
+    # a live stream defaults to the renderer's size (real time on a CPU); a larger size goes through the network
+    from geneface.infer.stream import SpeechStream, StreamConfig
+
+    assert SpeechStream(model, render=False).size == 32 and SpeechStream(model, StreamConfig(size=128)).size == 128
 
 
 def test_infer_cli_at_4x(sr_person, tmp_path):

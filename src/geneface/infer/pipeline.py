@@ -156,8 +156,9 @@ class PersonModel:
     def render(self, windows: np.ndarray | torch.Tensor, c2w: np.ndarray | torch.Tensor,
                size: int | None = None) -> np.ndarray:
         """RGB frames [B, S, S, 3] uint8 of landmark windows [B, 5, 68, 3] (`PersonRenderer.windows`) seen from
-        cameras c2w [B, 4, 4]; S is ``size`` (default: the person's `size`). With super-resolution the renderer
-        draws them at S / factor (rounded) and the network brings them up (then resized to exactly S if need be)."""
+        cameras c2w [B, 4, 4]; S is ``size`` (default: the person's `size`). With super-resolution and S larger than
+        the renderer's size, the renderer draws them at S / factor (rounded) and the network brings them up (then
+        resized to exactly S if need be); up to the renderer's size they are rendered directly."""
         return self._render(windows, c2w, size, layers=False)[0]
 
     def render_layers(self, windows: np.ndarray | torch.Tensor, c2w: np.ndarray | torch.Tensor,
@@ -175,15 +176,16 @@ class PersonModel:
                            "use a smaller --batch" if b > 1 else "use a smaller size or --device cpu"):
             c2w, windows = torch.as_tensor(c2w).float(), torch.as_tensor(windows).float()
             target = int(size or self.size)
-            low = target if self.sr is None else \
-                self.renderer.size if size is None else max(8, round(target / self.sr.factor))
+            sr = self.sr if self.sr is not None and target > self.renderer.size else None  # only to go beyond it
+            low = target if sr is None else \
+                self.renderer.size if size is None else max(8, round(target / sr.factor))
             out = self.renderer.render(c2w, windows, size=low, parts="person" if layers else "full")
             rgb, alpha = out.rgb, None  # [B, low, low, 3]
             if layers:  # the person over the background, and the person's coverage
                 rgb = rgb + (1 - out.alpha)[..., None] * self.renderer.model.background_at(low)
                 alpha = out.alpha[..., None]
-            if self.sr is not None:
-                rgb = self.sr.upscale(rgb, out.head_alpha)  # [B, low * f, low * f, 3]
+            if sr is not None:
+                rgb = sr.upscale(rgb, out.head_alpha)  # [B, low * f, low * f, 3]
             if rgb.shape[1] != target:
                 rgb = _resize(rgb, target)
             if alpha is not None and alpha.shape[1] != target:

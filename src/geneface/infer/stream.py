@@ -110,7 +110,8 @@ class StreamConfig:
     """Frames of audio after a frame that it waits for (40 ms each): more is closer to offline inference,
     less is sooner."""
     size: int | None = opt(None, min=8, max=MAX_SIZE)
-    """Side of the frames in pixels (default: the person model's; smaller is faster)."""
+    """Side of the frames in pixels (default: its renderer's, which keeps up in real time on a CPU; a larger one,
+    up to the person model's, goes through its super-resolution network; smaller is faster)."""
     threads: int = opt(2, min=1, max=64)
     """Threads that render the frames of one push, a share each. Called from a worker thread (as a server
     does), torch's own threads hardly use a second core, so the stream splits its frames instead."""
@@ -173,7 +174,7 @@ class SpeechStream:
     @property
     def size(self) -> int:
         """Side of the frames in pixels."""
-        return int(self.config.size or self.model.size)
+        return int(self.config.size or self.model.renderer.size)
 
     @property
     def held(self) -> int:
