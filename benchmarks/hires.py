@@ -51,7 +51,7 @@ from geneface.fileio import read_json
 from geneface.lpips import load_lpips
 from geneface.process.pipeline import ProcessConfig, process
 from geneface.render import PersonRenderer, RenderTrainConfig
-from geneface.render.sr import SRTrainConfig, load_sr, train_sr
+from geneface.render.sr import SRTrainConfig, load_sr, render_frames, train_sr
 from geneface.render.train import train_render
 from geneface.synth import SynthConfig, synthesize
 
@@ -101,11 +101,8 @@ class Arm:
 
     @torch.no_grad()
     def __call__(self, c2w: torch.Tensor, windows: torch.Tensor) -> np.ndarray:
-        out = self.renderer.render(c2w, windows)
-        rgb = out.rgb
-        if self.sr is not None:
-            rgb = self.sr.upscale(rgb, out.head_alpha)
-        frames = (rgb.clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+        rgb, _ = render_frames(self.renderer, self.sr, c2w, windows)
+        frames = (rgb.numpy() * 255).round().astype(np.uint8)
         if frames.shape[1] != self.size:
             frames = np.stack([cv2.resize(f, (self.size, self.size), interpolation=cv2.INTER_CUBIC) for f in frames])
         return frames

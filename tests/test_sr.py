@@ -59,24 +59,42 @@ def sr_person(tiny_person, render32, tmp_path_factory) -> Path:
 def test_network_shapes_and_range():
     for factor in (2, 4):
         net = SuperRes(SRConfig(factor=factor, channels=8, blocks=1))
-        x = torch.rand(2, 4, 12, 10) * 1.5 - 0.25
-        y = net(x)
-        assert y.shape == (2, 3, 12 * factor, 10 * factor)
-        assert y.min() >= 0 and y.max() <= 1
+        x = torch.rand(2, 5, 12, 10) * 1.5 - 0.25
+        ref = net.reference_features(torch.rand(2, 3, 12 * factor, 10 * factor))
+        assert ref.shape == (2, 8, 12, 10)
+        rgb = net(x, ref)
+        assert rgb.shape == (2, 3, 12 * factor, 10 * factor) and rgb.min() >= 0 and rgb.max() <= 1
+        with pytest.raises(InputError, match="reference"):
+            net(x)
     with pytest.raises(InputError, match="factor"):
         SuperRes(SRConfig(channels=8))  # no factor: train_sr fills it in from the sizes
+
+
+def test_untrained_network_is_bicubic_and_legacy_networks_load():
+    """With a zero last layer the output is the bicubic upsampling whatever the reference; a network saved
+    before the reference existed (``reference`` False) takes the RGB and head alpha only."""
+    x = torch.rand(1, 5, 8, 8)
+    bicubic = torch.nn.functional.interpolate(x[:, :3], scale_factor=2, mode="bicubic", align_corners=False)
+    for reference in (True, False):
+        net = SuperRes(SRConfig(factor=2, channels=8, blocks=1, reference=reference))
+        with torch.no_grad():
+            net.tail.weight.zero_()
+        ref = net.reference_features(torch.rand(1, 3, 16, 16)) if reference else None
+        torch.testing.assert_close(net(x, ref), bicubic.clamp(0, 1))
+        assert net.head.in_channels == (5 if reference else 4) and (net.reference is None) != reference
+    assert SRConfig.LEGACY == {"reference": False}
 
 
 def test_loss_decreases_and_ignores_zero_weight():
     torch.manual_seed(0)
     net = SuperRes(SRConfig(factor=2, channels=8, blocks=1))
-    x = torch.rand(2, 4, 8, 8)
-    target = torch.rand(2, 3, 16, 16)
+    x = torch.rand(2, 5, 8, 8)
+    target, reference = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
     weight = torch.ones(2, 1, 16, 16)
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     losses = []
     for _ in range(15):
-        loss = net.loss(net(x, clamp=False), target, weight)["l1"]
+        loss = net.loss(net(x, net.reference_features(reference), clamp=False), target, weight)["l1"]
         losses.append(loss.item())
         opt.zero_grad()
         loss.backward()
@@ -98,8 +116,34 @@ def test_run_saves_loads_and_resumes(tiny_dataset, render32, tmp_path, monkeypat
     assert list((whole / "val").glob("*.png"))
     sr = load_sr(whole)
     assert (sr.factor, sr.render_size, sr.size) == (4, 32, 128)
-    out = sr.upscale(torch.rand(3, 32, 32, 3), torch.rand(3, 32, 32))
-    assert out.shape == (3, 128, 128, 3) and out.dtype == torch.float32 and 0 <= out.min() <= out.max() <= 1
+    x = torch.rand(3, 5, 32, 32)
+    rgb, cover = sr.upscale(x)
+    assert rgb.shape == (3, 128, 128, 3) and cover.shape == (3, 128, 128) and rgb.dtype == torch.float32
+    assert 0 <= rgb.min() <= rgb.max() <= 1 and 0 <= cover.min() <= cover.max() <= 1
+    assert abs(float(cover.mean() - x[:, 4].mean())) < 0.01  # the person's coverage, upsampled
+    # the reference: the per-pixel median of the training frames it used
+    frames = SRTrainer(tiny_dataset, render32, tmp_path / "unused", TINY, progress=False)._pick("train", 12)
+    ds = PersonDataset(tiny_dataset)
+    stack = np.sort(np.stack([ds.frame(int(i)) for i in frames]), 0)
+    median = stack[(len(stack) - 1) // 2].transpose(2, 0, 1)  # the lower of the middle two
+    assert np.abs(sr.reference.numpy() * 255 - median).max() < 0.01
+    with pytest.raises(InputError, match="upscale needs"):
+        sr.upscale(torch.rand(3, 4, 32, 32))
+    # a run that lost its reference is refused by name; one saved before the option loads without one
+    lost = tmp_path / "lost"
+    shutil.copytree(whole, lost)
+    (lost / "reference.png").unlink()
+    with pytest.raises(InputError, match="reference.png"):
+        load_sr(lost)
+    old = tmp_path / "old"
+    shutil.copytree(lost, old)
+    config = json.loads((old / "config.json").read_text())
+    del config["model"]["reference"]
+    (old / "config.json").write_text(json.dumps(config))
+    SuperRes(replace(TINY.model, factor=4, reference=False)).save(old / "model.safetensors")
+    legacy = load_sr(old)
+    assert legacy.reference is None and not legacy.net.config.reference
+    assert legacy.upscale(x)[0].shape == (3, 128, 128, 3)
     with pytest.raises(InputError, match="already holds"):
         train_sr(tiny_dataset, render32, whole, TINY, progress=False)
 
@@ -145,7 +189,11 @@ def test_person_renders_through_sr(sr_person):
     assert model.render(windows, c2w, size=90).shape == (2, 90, 90, 3)  # 22 px rendered, x4, resized
     # up to the renderer's size frames are rendered directly, without the network
     direct = (model.renderer.render(torch.from_numpy(c2w).float(), windows).rgb.clamp(0, 1).numpy() * 255).round()
-    np.testing.assert_array_equal(model.render(windows, c2w, size=32), direct.astype(np.uint8))
+    assert np.abs(model.render(windows, c2w, size=32).astype(int) - direct).max() <= 1  # float rounding
+    # the layers: the same frames, and the person's coverage at the output size
+    rgb, cover = model.render_layers(windows, c2w)
+    np.testing.assert_array_equal(rgb, frames)
+    assert cover.shape == (2, 128, 128) and 0 <= cover.min() and cover.max() <= 1 and (cover > 0.5).any()
     # a live stream defaults to the renderer's size (real time on a CPU); a larger size goes through the network
     from geneface.infer.stream import SpeechStream, StreamConfig
 

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import cv2
 import numpy as np
 
 from .errors import InputError
@@ -84,6 +85,22 @@ def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
+
+
+def write_image(path: str | os.PathLike, rgb: np.ndarray) -> None:
+    """Write an RGB [H, W, 3] (or grey [H, W]) uint8 image atomically, its format from the suffix (.png, .jpg)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), rgb[..., ::-1] if rgb.ndim == 3 else rgb):
+            raise OSError(f"could not write {path}")
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """An image file as RGB [H, W, 3] uint8; a missing or unreadable one is an :class:`InputError`."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise InputError(f"missing or unreadable image {path}")
+    return image[..., ::-1].copy()
 
 
 def read_npz(path: str | os.PathLike, max_bytes: int | None = None) -> dict[str, np.ndarray]:

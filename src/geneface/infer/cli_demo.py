@@ -42,8 +42,9 @@ DEMO_SR_STEPS = 1500
 """Super-resolution steps when retraining the demo."""
 EXPORTED = ("person.json", "track.npz", "motion/config.json", "motion/metrics.json", "motion/*.safetensors",
             "render/config.json", "render/history.json", "render/*.safetensors", "sr/config.json", "sr/history.json",
-            "sr/*.safetensors")
-"""What the bundled model keeps of a trained person folder (no dataset, logs, checkpoints or images)."""
+            "sr/reference.png", "sr/*.safetensors")
+"""What the bundled model keeps of a trained person folder (no dataset, logs, checkpoints or validation images;
+the super-resolution's reference image is part of its model)."""
 EXPORT_DTYPE = "float16"
 """Floating-point weights are stored at half precision in the bundled model (loading casts them back to
 float32); against full precision the demo video differs by about 40 dB PSNR."""

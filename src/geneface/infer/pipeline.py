@@ -14,7 +14,6 @@ from typing import Iterator
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from .. import media
@@ -26,7 +25,7 @@ from ..fileio import read_npz
 from ..motion import MotionModel
 from ..motion.model import check_audio
 from ..render import PersonRenderer
-from ..render.sr import SRModel, load_sr
+from ..render.sr import SRModel, load_sr, render_frames
 from . import composite
 from .person import Person, project_landmarks
 from .stabilise import pose_track, stabilise
@@ -175,23 +174,9 @@ class PersonModel:
         with memory_errors(self.renderer.device, f"while rendering {b} frame{'s' if b != 1 else ''} at once",
                            "use a smaller --batch" if b > 1 else "use a smaller size or --device cpu"):
             c2w, windows = torch.as_tensor(c2w).float(), torch.as_tensor(windows).float()
-            target = int(size or self.size)
-            sr = self.sr if self.sr is not None and target > self.renderer.size else None  # only to go beyond it
-            low = target if sr is None else \
-                self.renderer.size if size is None else max(8, round(target / sr.factor))
-            out = self.renderer.render(c2w, windows, size=low, parts="person" if layers else "full")
-            rgb, alpha = out.rgb, None  # [B, low, low, 3]
-            if layers:  # the person over the background, and the person's coverage
-                rgb = rgb + (1 - out.alpha)[..., None] * self.renderer.model.background_at(low)
-                alpha = out.alpha[..., None]
-            if sr is not None:
-                rgb = sr.upscale(rgb, out.head_alpha)  # [B, low * f, low * f, 3]
-            if rgb.shape[1] != target:
-                rgb = _resize(rgb, target)
-            if alpha is not None and alpha.shape[1] != target:
-                alpha = _resize(alpha, target)
+            rgb, alpha = render_frames(self.renderer, self.sr, c2w, windows, int(size or self.size))
         rgb = (rgb.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
-        return rgb, None if alpha is None else alpha[..., 0].clamp(0, 1).float().cpu().numpy()
+        return rgb, alpha.float().cpu().numpy() if layers else None
 
     # --- all of it ------------------------------------------------------------------------------------
     def speak(self, audio: str | os.PathLike | np.ndarray, out: str | os.PathLike,
@@ -226,12 +211,6 @@ def infer(person_dir: str | os.PathLike, audio_path: str | os.PathLike, out: str
     if not out.parent.exists():  # before loading anything
         raise InputError(f"output folder does not exist: {out.parent}")
     return PersonModel.load(person_dir, config.device).speak(audio_path, out, config)
-
-
-def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Images [B, H, W, C] resized to [B, size, size, C] (bilinear, antialiased)."""
-    return F.interpolate(images.permute(0, 3, 1, 2), size=(size, size), mode="bilinear", align_corners=False,
-                         antialias=True).permute(0, 2, 3, 1)
 
 
 def draw_landmarks(points: np.ndarray, size: int) -> np.ndarray:

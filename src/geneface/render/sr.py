@@ -2,14 +2,17 @@
 frames to 2x or 4x their side, trained on the person's own high-resolution frames.
 
 The network works at the low resolution (residual 3x3 convolutions), upsamples with a pixel shuffle and adds
-its output to a bicubic upsampling of the input, so an untrained one is bicubic. Training renders the
-dataset's training frames once with the finished renderer and fits random patches of them (a share centred on
-the mouth) to the dataset's frames at the output size.
+its output to a bicubic upsampling of the input, so an untrained one is bicubic. Besides the render it sees a
+reference image at the output size, the per-pixel median of the person's training frames: the detail of what
+barely moves (the torso's clothes, the background) that the low-resolution render has lost. Training renders the dataset's training frames once with the
+finished renderer and fits random patches of them (a share centred on the mouth) to the dataset's frames at
+the output size.
 
 A run folder::
 
     RUN/config.json          format, version, model config, sizes, training settings; written last
     RUN/model.safetensors    the network's weights
+    RUN/reference.png        the reference image at the output size
     RUN/history.json         validation PSNR (full frame and mouth, super-resolved and bicubic) against step
     RUN/val/*.png            validation frames: bicubic | super-resolved | truth, one row per frame
     RUN/train_log.jsonl      losses every few steps
@@ -24,7 +27,6 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -37,7 +39,7 @@ from ..dataset import PersonDataset
 from ..device import resolve_device
 from ..engine import Callback, RunFolder, RunKind, Savable, Trainer
 from ..errors import InputError
-from ..fileio import atomic_path, write_json
+from ..fileio import read_image, write_image, write_json
 from .model import valid_pixels
 from .perceptual import load_perceptual
 from .renderer import PersonRenderer
@@ -47,8 +49,9 @@ log = logging.getLogger(__name__)
 
 RUN_KIND = RunKind("geneface-sr", 1, "super-resolution model", "geneface train sr")
 FACTORS = (2, 4)
-IN_CHANNELS = 4
-"""The network's input: the rendered RGB and the head's coverage (`RenderOutput.head_alpha`)."""
+IN_CHANNELS = 5
+"""The network's input (`render_low`): the rendered RGB over the background, the head's coverage
+(`RenderOutput.head_alpha`) and the person's (head and torso)."""
 RESUMABLE_CHANGES = ("save_every", "log_every", "val_every", "val_frames", "render_batch")
 """Settings that may differ when an interrupted run is resumed."""
 
@@ -63,6 +66,11 @@ class SRConfig:
     """Feature channels (all at the low resolution)."""
     blocks: int = opt(3, min=0, max=32)
     """Residual blocks of two 3x3 convolutions."""
+    reference: bool = True
+    """See the person's coverage and the reference image (False: the RGB and the head's coverage only, as
+    networks saved before this option)."""
+
+    LEGACY = {"reference": False}  # networks saved before an option keep what they were trained with
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -126,8 +134,9 @@ class ResBlock(nn.Module):
 
 
 class SuperRes(Savable, nn.Module):
-    """Low-resolution render [B, 4, h, w] (RGB in [0, 1] and head alpha) -> RGB [B, 3, h*f, w*f] in [0, 1]:
-    bicubic upsampling of the RGB plus a learned residual computed at the low resolution."""
+    """Low-resolution render [B, 5, h, w] (`render_low`: RGB in [0, 1], head alpha, person alpha) and, with
+    ``config.reference``, the reference image's features (`reference_features`) -> RGB [B, 3, h*f, w*f]: bicubic
+    upsampling of the RGB plus a learned residual computed at the low resolution."""
 
     config_args = {"config": SRConfig}
 
@@ -137,7 +146,10 @@ class SuperRes(Savable, nn.Module):
             raise InputError(f"super-resolution factor must be one of {FACTORS}, got {config.factor}")
         self.config = config
         f, c = config.factor, config.channels
-        self.head = nn.Conv2d(IN_CHANNELS, c, 3, padding=1)
+        self.inputs = IN_CHANNELS if config.reference else 4
+        self.head = nn.Conv2d(self.inputs, c, 3, padding=1)
+        # the reference, folded to the low resolution (pixel unshuffle): added to the head's features
+        self.reference = nn.Conv2d(3 * f * f, c, 3, padding=1, bias=False) if config.reference else None
         self.body = nn.Sequential(*[ResBlock(c) for _ in range(config.blocks)])
         self.tail = nn.Conv2d(c, 3 * f * f, 3, padding=1)
         self.shuffle = nn.PixelShuffle(f)
@@ -149,10 +161,22 @@ class SuperRes(Savable, nn.Module):
     def factor(self) -> int:
         return int(self.config.factor)
 
-    def forward(self, x: Tensor, clamp: bool = True) -> Tensor:
-        rgb = x[:, :3]
-        up = F.interpolate(rgb, scale_factor=self.factor, mode="bicubic", align_corners=False)  # [B, 3, H, W]
-        feat = F.relu(self.head(x * 2 - 1), inplace=True)  # [B, C, h, w]
+    def reference_features(self, reference: Tensor) -> Tensor:
+        """Reference images [B, 3, H, W] in [0, 1] (H, W multiples of the factor) -> features [B, C, H/f, W/f]
+        (computed once per size for whole frames: they do not change from frame to frame)."""
+        return self.reference(F.pixel_unshuffle(reference * 2 - 1, self.factor))
+
+    def forward(self, x: Tensor, reference: Tensor | None = None, clamp: bool = True) -> Tensor:
+        """x [B, 5, h, w]; ``reference``: `reference_features` [B, C, h, w] (needed with ``config.reference``)
+        -> RGB [B, 3, h*f, w*f], clamped to [0, 1] with ``clamp``."""
+        up = F.interpolate(x[:, :3], scale_factor=self.factor, mode="bicubic", align_corners=False)  # [B, 3, H, W]
+        feat = self.head(x[:, :self.inputs] * 2 - 1)  # [B, C, h, w]
+        if self.reference is not None:
+            if reference is None or reference.shape[-2:] != feat.shape[-2:]:
+                raise InputError(f"the super-resolution network needs the reference's features at "
+                                 f"{list(feat.shape[-2:])}, got {None if reference is None else list(reference.shape)}")
+            feat = feat + reference
+        feat = F.relu(feat, inplace=True)
         out = up + self.shuffle(self.tail(self.body(feat) + feat))
         return out.clamp(0, 1) if clamp else out
 
@@ -171,15 +195,27 @@ class SuperRes(Savable, nn.Module):
         return losses
 
 
-class SRModel:
-    """A trained super-resolution network for inference: ``load_sr(run_dir).upscale(rgb, alpha)``."""
+def render_low(renderer: PersonRenderer, c2w: Tensor, windows: Tensor, size: int | None = None) -> Tensor:
+    """The super-resolution network's input [B, 5, h, w] for cameras c2w [B, 4, 4] and landmark windows
+    [B, 5, 68, 3], rendered at ``size`` (default the renderer's): the person over the renderer's background
+    (RGB in [0, 1]), the head's coverage and the person's (head and torso)."""
+    out = renderer.render(c2w, windows, size=size, parts="person")
+    rgb = out.rgb + (1 - out.alpha)[..., None] * renderer.model.background_at(out.rgb.shape[1])
+    return torch.cat([rgb.clamp(0, 1), out.head_alpha[..., None], out.alpha[..., None]], -1).permute(0, 3, 1, 2)
 
-    def __init__(self, net: SuperRes, render_size: int, size: int) -> None:
+
+class SRModel:
+    """A trained super-resolution network for inference: ``load_sr(run_dir).upscale(render_low(...))``."""
+
+    def __init__(self, net: SuperRes, render_size: int, size: int, reference: Tensor | None) -> None:
         self.net = net.eval().requires_grad_(False)
         self.render_size = render_size
         """Side of the renderer's frames it was trained on."""
         self.size = size
         """Side of its output for frames of ``render_size``."""
+        self.reference = reference
+        """[3, size, size] float in [0, 1], or None for networks without ``config.reference``."""
+        self._features: dict = {}
 
     @property
     def factor(self) -> int:
@@ -189,15 +225,52 @@ class SRModel:
     def device(self) -> torch.device:
         return self.net.tail.weight.device
 
+    def reference_features(self, side: int) -> Tensor | None:
+        """The reference's features [1, C, side, side] for renders of ``side`` px (the reference resized when
+        ``side`` x factor is not its size), computed once per side; None without a reference."""
+        if self.reference is None:
+            return None
+        if self._features.get("side") != side:
+            ref, out = self.reference[None], side * self.factor
+            if out != self.size:
+                ref = F.interpolate(ref, size=(out, out), mode="bilinear", antialias=True, align_corners=False)
+            self._features = {"side": side, "features": self.net.reference_features(ref)}
+        return self._features["features"]
+
     @torch.no_grad()
-    def upscale(self, rgb: Tensor, alpha: Tensor) -> Tensor:
-        """RGB [B, H, W, 3] in [0, 1] and the head's alpha [B, H, W] (`RenderOutput.head_alpha`) -> RGB
-        [B, H*f, W*f, 3] in [0, 1]."""
-        if rgb.dim() != 4 or rgb.shape[-1] != 3 or alpha.shape != rgb.shape[:-1]:
-            raise InputError(f"upscale needs rgb [B, H, W, 3] and alpha [B, H, W], got {list(rgb.shape)} and "
-                             f"{list(alpha.shape)}")
-        x = torch.cat([rgb, alpha[..., None]], -1).to(self.device, torch.float32).permute(0, 3, 1, 2)
-        return self.net(x.contiguous()).permute(0, 2, 3, 1)
+    def upscale(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """`render_low`'s [B, 5, h, h] -> RGB [B, h*f, h*f, 3] in [0, 1] and the person's coverage
+        [B, h*f, h*f] in [0, 1] (upsampled bilinearly)."""
+        if x.dim() != 4 or x.shape[1] != IN_CHANNELS or x.shape[2] != x.shape[3]:
+            raise InputError(f"upscale needs square renders [B, {IN_CHANNELS}, h, h] (render_low), "
+                             f"got {list(x.shape)}")
+        x = x.to(self.device, torch.float32).contiguous()
+        ref = self.reference_features(x.shape[-1])
+        rgb = self.net(x, None if ref is None else ref.expand(len(x), -1, -1, -1))
+        cover = F.interpolate(x[:, 4:5], scale_factor=self.factor, mode="bilinear", align_corners=False)
+        return rgb.permute(0, 2, 3, 1), cover[:, 0].clamp(0, 1)
+
+
+def render_frames(renderer: PersonRenderer, sr: SRModel | None, c2w: Tensor, windows: Tensor,
+                  size: int | None = None) -> tuple[Tensor, Tensor]:
+    """Frames of cameras c2w [B, 4, 4] and landmark windows [B, 5, 68, 3] at side ``size`` (default the
+    renderer's, times the network's factor): RGB [B, S, S, 3] and the person's coverage [B, S, S], both in
+    [0, 1]. With ``sr`` and S above the renderer's size the renderer draws S / factor (rounded) and the network
+    brings it up; up to the renderer's size they are rendered directly; a side the factor does not divide is
+    resized to exactly S."""
+    target = int(size or renderer.size * (sr.factor if sr is not None else 1))
+    use = sr if sr is not None and target > renderer.size else None
+    low = target if use is None else max(8, round(target / use.factor))
+    x = render_low(renderer, c2w, windows, low)  # [B, 5, low, low]
+    if use is not None:
+        rgb, cover = use.upscale(x)
+    else:
+        rgb, cover = x[:, :3].permute(0, 2, 3, 1), x[:, 4]
+    if rgb.shape[1] != target:  # bilinear, antialiased: [B, S', S', C] -> [B, S, S, C]
+        both = torch.cat([rgb, cover[..., None]], -1).permute(0, 3, 1, 2)
+        both = F.interpolate(both, size=(target, target), mode="bilinear", align_corners=False, antialias=True)
+        rgb, cover = both[:, :3].permute(0, 2, 3, 1), both[:, 3]
+    return rgb.clamp(0, 1), cover.clamp(0, 1)
 
 
 def load_sr(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> SRModel:
@@ -213,7 +286,14 @@ def load_sr(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> S
         raise InputError(f"{where} lacks the sizes (render_size, size)") from None
     if size != render_size * net.factor:
         raise InputError(f"{where}: size {size} is not render_size {render_size} x factor {net.factor}")
-    return SRModel(net.to(dev), render_size, size)
+    reference = None
+    if net.config.reference:
+        image = read_image(run.root / "reference.png")
+        if image.shape != (size, size, 3):
+            raise InputError(f"{run.root / 'reference.png'} is {image.shape[1]}x{image.shape[0]}, not "
+                             f"{size}x{size}; train the super-resolution again")
+        reference = torch.from_numpy(image).permute(2, 0, 1).float().div(255).to(dev)
+    return SRModel(net.to(dev), render_size, size, reference)
 
 
 # --- training --------------------------------------------------------------------------------------------
@@ -236,6 +316,13 @@ def _in_boxes(boxes: Tensor, ys: Tensor, xs: Tensor) -> Tensor:
     inx = (xs >= boxes[:, 0:1]) & (xs < boxes[:, 2:3])  # [B, W]
     iny = (ys >= boxes[:, 1:2]) & (ys < boxes[:, 3:4])  # [B, H]
     return (iny[:, :, None] & inx[:, None, :])[:, None]
+
+
+def reference_image(frames: Tensor) -> Tensor:
+    """The reference image [3, S, S] uint8: the per-pixel median of frames [N, S, S, 3] uint8 (the lower of the
+    middle two for even N; 32 rows at a time, to bound the memory)."""
+    rows = [frames[:, y:y + 32].median(0).values for y in range(0, frames.shape[1], 32)]
+    return torch.cat(rows).permute(2, 0, 1).contiguous()
 
 
 class SRTrainer:
@@ -287,16 +374,15 @@ class SRTrainer:
         return idx[np.unique(np.linspace(0, len(idx) - 1, min(count, len(idx))).round().astype(int))]
 
     def _render(self, frames: np.ndarray, desc: str) -> Tensor:
-        """Renders [N, 4, h, w] (RGB, head alpha) of dataset ``frames`` [N] at the renderer's size, as
-        `geneface.evaluate` renders validation frames (the dataset's poses and landmark windows)."""
+        """The network's inputs [N, 5, h, w] float16 (`render_low`) for dataset ``frames`` [N], rendered at the
+        renderer's size from the dataset's poses and landmark windows, as `geneface.evaluate` renders them."""
         offsets = torch.from_numpy(np.ascontiguousarray(self.ds.motion["offsets"], np.float32))
         c2w = torch.from_numpy(np.asarray(self.ds.pose["c2w"], np.float32))
         out = []
         step = self.config.render_batch
         for i in tqdm(range(0, len(frames), step), desc=desc, unit="batch", disable=not self.progress, leave=False):
             idx = torch.from_numpy(frames[i:i + step])
-            r = self.renderer.render(c2w[idx], PersonRenderer.windows(offsets, idx))
-            x = torch.cat([r.rgb.clamp(0, 1), r.head_alpha[..., None]], -1).permute(0, 3, 1, 2)
+            x = render_low(self.renderer, c2w[idx], PersonRenderer.windows(offsets, idx))
             out.append(x.to(torch.float16).contiguous())
         return torch.cat(out).to(self.device)
 
@@ -320,10 +406,11 @@ class SRTrainer:
         self.val_lr = self._render(self.val_frames, "render validation frames")
         self.val_hr = self._truth(self.val_frames)
         self.val_mouth = _region_boxes(self.ds, self.val_frames, MOUTH_68, 0.3)
+        self.reference = reference_image(self.hr)  # [3, S, S] uint8
 
-    def sample(self, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-        """A batch of patches: input [B, 4, p, p], target [B, 3, p*f, p*f] in [0, 1] and loss weight
-        [B, 1, p*f, p*f] (0 on padding, ``mouth_weight`` / ``eye_weight`` in their boxes, else 1)."""
+    def sample(self, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """A batch of patches: input [B, 5, p, p], reference [B, 3, p*f, p*f] uint8, target [B, 3, p*f, p*f] in
+        [0, 1] and loss weight [B, 1, p*f, p*f] (0 on padding, ``mouth_weight`` / ``eye_weight`` in their boxes, else 1)."""
         c, f, dev = self.config, self.factor, self.device
         h = self.lr.shape[-1]
         p = min(c.patch, h)
@@ -340,19 +427,25 @@ class SRTrainer:
         corner = torch.where(mouth[:, None], centre - p / 2, corner)
         corner = corner.round().long().clamp(0, h - p)  # [B, 2] x, y
         q = p * f
-        inputs, targets = [], []
+        inputs, references, targets = [], [], []
         for k in range(n):
             x, y, i = int(corner[k, 0]), int(corner[k, 1]), int(pick[k])
             inputs.append(self.lr[i, :, y:y + p, x:x + p])
+            references.append(self.reference[:, y * f:y * f + q, x * f:x * f + q])
             targets.append(self.hr[i, y * f:y * f + q, x * f:x * f + q])
         inputs_t = torch.stack(inputs).float()
+        reference = torch.stack(references)  # uint8
         target = torch.stack(targets).permute(0, 3, 1, 2).float() / 255
         ar = torch.arange(q, device=dev)
         ys, xs = corner[:, 1:2] * f + ar, corner[:, 0:1] * f + ar  # [B, q] pixel rows and columns
         weight = self.valid[ys[:, :, None], xs[:, None, :]][:, None].float()  # [B, 1, q, q]
         weight = weight * (1 + (c.mouth_weight - 1) * _in_boxes(self.mouth[pick], ys, xs).float()
                            + (c.eye_weight - 1) * _in_boxes(self.eyes[pick], ys, xs).float()).clamp_min(0)
-        return inputs_t, target, weight
+        return inputs_t, reference, target, weight
+
+    def _reference_features(self, reference: Tensor) -> Tensor | None:
+        """Features of reference crops [B, 3, H, W] uint8 (None for a network without them)."""
+        return self.net.reference_features(reference.float() / 255) if self.net.reference is not None else None
 
     # --- checkpoints -------------------------------------------------------------------------------
     def _run_record(self) -> dict:
@@ -388,7 +481,9 @@ class SRTrainer:
         """PSNR of the super-resolved and of the bicubic validation frames against the truth, over the real
         pixels and over the mouth's box; a PNG (bicubic | super-resolved | truth)."""
         self.net.eval()
-        sr = torch.cat([self.net(x.float()) for x in self.val_lr.split(4)])  # [N, 3, S, S]
+        ref = self._reference_features(self.reference[None])
+        sr = torch.cat([self.net(x.float(), None if ref is None else ref.expand(len(x), -1, -1, -1))
+                        for x in self.val_lr.split(4)])  # [N, 3, S, S]
         self.net.train()
         f = self.factor
         bicubic = F.interpolate(self.val_lr[:, :3].float(), scale_factor=f, mode="bicubic",
@@ -409,10 +504,7 @@ class SRTrainer:
                   "psnr_mouth": score(sr, mouth), "psnr_mouth_bicubic": score(bicubic, mouth)}
         rows = [torch.cat([bicubic[k], sr[k], gt[k]], 2) for k in range(min(2, len(gt)))]
         image = (torch.cat(rows, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-        path = self.run_dir / "val" / f"step_{self.step:06d}.png"
-        with atomic_path(path) as tmp:
-            if not cv2.imwrite(str(tmp), image[..., ::-1]):
-                raise OSError(f"could not write {path}")
+        write_image(self.run_dir / "val" / f"step_{self.step:06d}.png", image)
         self.history.append(record)
         write_json(self.run_dir / "history.json", self.history)
         return record
@@ -439,8 +531,9 @@ class SRTrainer:
         def step_fn(k: int) -> dict[str, Tensor]:
             for g in opt.param_groups:
                 g["lr"] = c.lr * c.lr_decay ** (k / max(1, c.steps))
-            inputs, target, weight = self.sample(gen)
-            losses = self.net.loss(self.net(inputs, clamp=False), target, weight, self.perceptual,
+            inputs, reference, target, weight = self.sample(gen)
+            pred = self.net(inputs, self._reference_features(reference), clamp=False)
+            losses = self.net.loss(pred, target, weight, self.perceptual,
                                    c.perceptual_weight, c.perceptual_patches)
             opt.zero_grad(set_to_none=True)
             sum(losses.values()).backward()
@@ -465,6 +558,7 @@ class SRTrainer:
         write_json(self.run_dir / "history.json", self.history)
         (self.run_dir / "config.json").unlink(missing_ok=True)
         self.net.save(self.run_dir / "model.safetensors")
+        write_image(self.run_dir / "reference.png", self.reference.permute(1, 2, 0).cpu().numpy())
         self.run_folder.write_config(self._run_record())  # last: the run is finished
         self.run_folder.finish()
         return self.last
