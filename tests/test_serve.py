@@ -32,7 +32,7 @@ from geneface.cli import main
 from geneface.errors import InputError
 from geneface.infer.cli_demo import bundled_person, bundled_speech
 from geneface.serve import ServeConfig, background, create_app
-from geneface.serve.jobs import TRAIN_STAGES, _BarReader, _Tracker
+from geneface.serve.jobs import TRAIN_STAGES, _BarReader, _Tracker, train_config, train_stages
 from geneface.serve import live as live_module
 from geneface.serve.live import FLAG_AUDIO, FLAG_IDLE, FRAME_SAMPLES, HEADER
 from geneface.serve.server import exposure_warning
@@ -417,6 +417,8 @@ def test_bad_requests_are_messages(served, tmp_path):
     refused(client.post("/api/train", json={"name": "ok", "path": "/x.mp4", "settings": {"steps": 1}}), 400,
             "unknown setting")
     refused(client.post("/api/train", json={"name": "ok", "path": "/x.mp4", "settings": {"size": 7}}), 400, "size")
+    refused(client.post("/api/train", json={"name": "ok", "path": "/x.mp4",  # not 1, 2 or 4 times
+                                            "settings": {"size": 100, "render_size": 30}}), 400, "render-size")
     refused(client.post("/api/evaluate", json={"person": "demo"}), 400, "no dataset")
     refused(client.post("/api/evaluate", json={"person": "demo", "audio": "x"}), 400, "list")
     refused(client.post("/api/evaluate", json={"person": "demo", "frames": "many"}), 400)
@@ -713,7 +715,7 @@ def test_four_live_sessions_at_once_over_real_sockets(tmp_path):
 
 def test_training_progress_is_read_from_the_log_and_progress_bars(tmp_path):
     """What a training process writes to progress.json, from `train_person`'s log lines and tqdm's bars."""
-    tracker = _Tracker(tmp_path / "progress.json", TRAIN_STAGES)
+    tracker = _Tracker(tmp_path / "progress.json", TRAIN_STAGES[:-1])  # no super-resolution
     bars = _BarReader(tracker)
     tracker.log("== process: people/me/data")
     time.sleep(0.3)  # progress.json is written at most 4 times a second (log lines always)
@@ -736,6 +738,19 @@ def test_training_progress_is_read_from_the_log_and_progress_bars(tmp_path):
     tracker.finish(True)
     progress = json.loads((tmp_path / "progress.json").read_text())
     assert [s["state"] for s in progress["stages"]] == ["done", "done", "skipped"] and progress["progress"] == 1
+
+
+def test_the_super_resolution_stage_is_shown_when_there_is_one(tmp_path):
+    """A training job lists the ``sr`` stage only when the output is larger than the renderer's, and the log
+    line that starts it moves the progress there."""
+    assert train_stages(train_config({"size": 512, "render_size": 128})) == TRAIN_STAGES
+    assert train_stages(train_config({"size": 128, "device": "cpu"})) == ("process", "motion", "render")
+    tracker = _Tracker(tmp_path / "progress.json", TRAIN_STAGES)
+    for stage in ("process", "train motion", "train render", "train sr"):
+        tracker.log(f"== {stage}: people/me/{stage.split()[-1]}")
+    progress = json.loads((tmp_path / "progress.json").read_text())
+    assert [s["state"] for s in progress["stages"]] == ["done", "done", "done", "running"]
+    assert progress["detail"] == "sr" and progress["progress"] == pytest.approx(3 / 4)
 
 
 def test_train_job_progress_cancel_restart_resume(tmp_path, person_video):

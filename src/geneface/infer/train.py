@@ -14,6 +14,8 @@ import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import torch
+
 from ..cliopts import MAX_SIZE, MAX_STEPS, check_config, opt
 from ..dataset import PersonDataset
 from ..device import DEVICES, defaults_for, resolve_device
@@ -96,8 +98,7 @@ def train_person(video: str | os.PathLike, out: str | os.PathLike, config: Train
     out = Path(out)
     device = resolve_device(config.device)
     defaults = defaults_for(device)
-    size = config.size or defaults.output_size
-    render_size, sr_factor = _render_size(config, size, defaults.render_size)
+    size, render_size, sr_factor = train_sizes(config, device)
     if config.prior is not None and config.motion_preset is not None:
         raise InputError("--motion-preset sizes a new motion model; with --prior the prior's sizes are used")
 
@@ -162,6 +163,14 @@ def train_person(video: str | os.PathLike, out: str | os.PathLike, config: Train
         log.info(f"person model written to {out}; render speech with: geneface infer --person {out} --audio SPEECH "
                  f"--out OUT.mp4")
         return model
+
+
+def train_sizes(config: TrainConfig, device: torch.device | None = None) -> tuple[int, int, int | None]:
+    """The output size, the renderer's size and the super-resolution factor (None: none) that `train_person`
+    uses with ``config`` on ``device`` (default: ``config.device`` resolved); bad sizes are an `InputError`."""
+    defaults = defaults_for(device if device is not None else resolve_device(config.device))
+    size = config.size or defaults.output_size
+    return (size, *_render_size(config, size, defaults.render_size))
 
 
 def _render_size(config: TrainConfig, size: int, device_size: int) -> tuple[int, int | None]:

@@ -4,9 +4,9 @@ frames to 2x or 4x their side, trained on the person's own high-resolution frame
 The network works at the low resolution (residual 3x3 convolutions), upsamples with a pixel shuffle and adds
 its output to a bicubic upsampling of the input, so an untrained one is bicubic. Besides the render it sees a
 reference image at the output size, the per-pixel median of the person's training frames: the detail of what
-barely moves (the torso's clothes, the background) that the low-resolution render has lost. Training renders the dataset's training frames once with the
-finished renderer and fits random patches of them (a share centred on the mouth) to the dataset's frames at
-the output size.
+barely moves (the torso's clothes, the background) that the low-resolution render has lost. Training renders
+the dataset's training frames once with the finished renderer and fits random patches of them (a share centred
+on the mouth) to the dataset's frames at the output size.
 
 A run folder::
 
@@ -410,7 +410,8 @@ class SRTrainer:
 
     def sample(self, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """A batch of patches: input [B, 5, p, p], reference [B, 3, p*f, p*f] uint8, target [B, 3, p*f, p*f] in
-        [0, 1] and loss weight [B, 1, p*f, p*f] (0 on padding, ``mouth_weight`` / ``eye_weight`` in their boxes, else 1)."""
+        [0, 1] and loss weight [B, 1, p*f, p*f] (0 on padding, ``mouth_weight`` / ``eye_weight`` in their boxes,
+        else 1)."""
         c, f, dev = self.config, self.factor, self.device
         h = self.lr.shape[-1]
         p = min(c.patch, h)

@@ -40,7 +40,7 @@ from ..evaluate import evaluate as evaluate_person
 from ..fileio import read_json, write_json
 from ..infer.cli_demo import bundled_speech
 from ..infer.pipeline import InferConfig
-from ..infer.train import TrainConfig, train_person
+from ..infer.train import TrainConfig, train_person, train_sizes
 from ..motion.model import check_audio
 from ..synth import speak
 from .store import Models, NotFound, Work, new_id
@@ -53,9 +53,11 @@ ENDED = ("done", "failed", "cancelled", "interrupted")
 RESUMABLE = ("failed", "cancelled", "interrupted")
 CONTROLS = ("temperature", "seed", "pose", "blink", "mouth_scale", "smoothing", "side_by_side")
 """The `InferConfig` fields a request may set."""
-TRAIN_SETTINGS = ("size", "features", "motion_preset", "motion_steps", "render_steps", "device", "force")
+TRAIN_SETTINGS = ("size", "render_size", "features", "motion_preset", "motion_steps", "render_steps", "sr_steps",
+                  "device", "force")
 """The `TrainConfig` fields a request may set."""
-TRAIN_STAGES = ("process", "motion", "render")
+TRAIN_STAGES = ("process", "motion", "render", "sr")
+"""A training job's stages (``sr`` only when the output is larger than the renderer's: `train_stages`)."""
 MAX_TEXT_CHARS = 5000
 """Longest text a render job speaks."""
 MAX_EVAL_AUDIO = 8
@@ -160,7 +162,7 @@ class Jobs:
         """Start training a new person ``name`` from an uploaded ``video`` or a video file on the server
         (``path``), with the train all ``settings``."""
         out = self.work.new_person_path(name)
-        train_config(settings)
+        train_stages(train_config(settings))  # the settings and the sizes they give
         if (video is None) == (path is None):
             raise InputError("give the video as an upload id (video) or a file on the server (path), not both")
         if video is not None:
@@ -379,7 +381,7 @@ class Jobs:
             proc.start()
             self._procs[job.id] = proc
             job.state, job.started, job.pid = "running", time.time(), proc.pid
-            job.stages = [{"name": s, "state": "waiting"} for s in TRAIN_STAGES] if job.kind == "train" else []
+            job.stages = [{"name": s, "state": "waiting"} for s in args.get("stages", ())]
             job.detail = "starting"
             self._save(job)
 
@@ -396,7 +398,8 @@ class Jobs:
             video = (self.work.upload(p["video"], "video")[1] if p.get("video") is not None
                      else server_video(p["path"]))
             return {"video": str(video), "out": str(self.work.new_person_path(p["name"])),
-                    "settings": dict(p["settings"]), "name": p["name"]}
+                    "settings": dict(p["settings"]), "name": p["name"],
+                    "stages": list(train_stages(train_config(p["settings"])))}
         audio = [str(self.work.upload(u, "audio")[1]) for u in p["audio"]]
         return {"person": str(self.work.person_path(p["person"])), "frames": p["frames"], "audio": audio,
                 "out": str(self.work.job_dir(job.id) / "eval"), "device": "auto"}
@@ -485,6 +488,12 @@ def train_config(settings: object) -> TrainConfig:
     return TrainConfig(**settings)
 
 
+def train_stages(config: TrainConfig) -> tuple[str, ...]:
+    """The stages a training job with ``config`` goes through (`TRAIN_STAGES`; ``sr`` only with a
+    super-resolution stage)."""
+    return TRAIN_STAGES if train_sizes(config)[2] is not None else TRAIN_STAGES[:-1]
+
+
 def check_text(text: object) -> str:
     if not isinstance(text, str) or not text.strip():
         raise InputError("the text is empty")
@@ -535,7 +544,7 @@ BAR = re.compile(r"^\s*(?P<desc>[^:|\r\n]+?):\s+(?:(?P<pct>\d+)%\|[^|]*\|\s*)?(?
                  r"[^\[]*\[(?P<elapsed>[\d:]+)(?:<(?P<left>[\d:?]+))?")
 """A tqdm progress line: ``generator:  45%|####5     | 450/1000 [00:10<00:12, 45.0step/s]``."""
 STAGE_OF_LOG = (("== process", "process"), ("== train motion", "motion"), ("== train postnet", "motion"),
-                ("== train render", "render"))
+                ("== train render", "render"), ("== train sr", "sr"))
 """`train_person`'s log lines that start its stages."""
 
 
@@ -543,7 +552,7 @@ def child_main(kind: str, folder: str, args: dict, parent: int) -> None:
     """The body of a train or evaluate job's process (spawned by `Jobs`)."""
     os.setpgrp()  # a Ctrl-C in the server's terminal reaches the server only; it stops us with a checkpoint
     job_dir = Path(folder)
-    tracker = _Tracker(job_dir / "progress.json", TRAIN_STAGES if kind == "train" else ())
+    tracker = _Tracker(job_dir / "progress.json", tuple(args.get("stages", ())))
     log_file = open(job_dir / "log.txt", "a", buffering=1)
     for fd in (1, 2):  # what native libraries print goes to the job's log, not the server's terminal
         os.dup2(log_file.fileno(), fd)
@@ -604,7 +613,8 @@ class _Tracker:
             if message.startswith(prefix):
                 self._enter(name)
         if "is already trained; skipping" in message:
-            for prefix, name in (("train motion", "motion"), ("train postnet", "motion"), ("train render", "render")):
+            for prefix, name in (("train motion", "motion"), ("train postnet", "motion"), ("train render", "render"),
+                                 ("train sr", "sr")):
                 if prefix in message:
                     self._enter(name)
                     self.current["state"] = "skipped"

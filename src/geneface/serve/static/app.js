@@ -703,7 +703,7 @@ async function startTraining() {
   const name = form.name.value.trim();
   if (!name) throw new ApiError("give the new person a name");
   const settings = {};
-  for (const key of ["size", "motion_steps", "render_steps"]) {
+  for (const key of ["size", "render_size", "motion_steps", "render_steps", "sr_steps"]) {
     if (form[key].value !== "") settings[key] = Math.trunc(Number(form[key].value));
   }
   for (const key of ["features", "motion_preset", "device"]) if (form[key].value) settings[key] = form[key].value;
