@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(VENV)/bin/geneface demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -x
+	$(PY) -m pytest -q -x --durations=15
 
 bench: $(STAMP) bench-deps
 	$(PY) benchmarks/process.py
