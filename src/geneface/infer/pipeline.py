@@ -175,7 +175,7 @@ class PersonModel:
                            "use a smaller --batch" if b > 1 else "use a smaller size or --device cpu"):
             c2w, windows = torch.as_tensor(c2w).float(), torch.as_tensor(windows).float()
             rgb, alpha = render_frames(self.renderer, self.sr, c2w, windows, int(size or self.size))
-        rgb = (rgb.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        rgb = (rgb.cpu().numpy() * 255).round().astype(np.uint8)  # render_frames clamps to [0, 1]
         return rgb, alpha.float().cpu().numpy() if layers else None
 
     # --- all of it ------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from ..errors import InputError, NoFaceError
 from ..features import FEATURE_KINDS, extract_features
 from ..features.activity import is_silent
 from ..features.mel import f0_hz
-from ..fileio import (LOCK_FILE, atomic_dir, atomic_path, folder_lock, read_json, read_npz, sha256_file, write_json,
+from ..fileio import (LOCK_FILE, atomic_dir, folder_lock, read_json, read_npz, sha256_file, write_image, write_json,
                       write_npz)
 from . import avsync
 from . import masks as masks_mod
@@ -462,8 +462,7 @@ def step_detect(ctx: Context) -> None:
 def step_track(ctx: Context) -> None:
     """Crop and resize every frame, write it as JPEG, and track the 478-point mesh on it."""
     det = ctx.npz("detect.npz")
-    with atomic_path(ctx.out / "valid.png") as tmp:
-        cv2.imwrite(str(tmp), valid_mask(ctx.valid_box, ctx.config.size).astype(np.uint8) * 255)
+    write_image(ctx.out / "valid.png", valid_mask(ctx.valid_box, ctx.config.size).astype(np.uint8) * 255)
     with atomic_dir(ctx.out / "frames") as tmp:
         tracked = track_mesh(ctx.video, det["crop"], int(det["num_frames"]), ctx.config, frames_dir=tmp)
         _log_notes(tracked.notes)
@@ -499,10 +498,8 @@ def step_background(ctx: Context) -> None:
     box = ctx.valid_box
     image, never = masks_mod.estimate_background(frames, person, margin=max(2, ctx.config.size // 64), valid=box)
     valid = valid_mask(box, ctx.config.size)
-    with atomic_path(ctx.out / "background_unseen.png") as tmp:  # where the image above is inpainted
-        cv2.imwrite(str(tmp), ((never & valid) * 255).astype(np.uint8))
-    with atomic_path(ctx.out / "background.png") as tmp:
-        cv2.imwrite(str(tmp), image[..., ::-1])
+    write_image(ctx.out / "background_unseen.png", ((never & valid) * 255).astype(np.uint8))  # inpainted there
+    write_image(ctx.out / "background.png", image)
     ctx.info["background_inpainted"] = round(float(never[valid].mean()), 4)  # of the real pixels
 
 

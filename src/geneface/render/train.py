@@ -14,7 +14,6 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -24,7 +23,7 @@ from ..device import PRECISIONS, amp_dtype, memory_errors, resolve_device
 from ..device import defaults_for as device_defaults
 from ..engine import Callback, RunFolder, Trainer
 from ..errors import InputError
-from ..fileio import atomic_path, write_json
+from ..fileio import write_image, write_json
 from .data import RenderData
 from .model import ModelConfig, RayBatch, RenderModel
 from .perceptual import load_perceptual
@@ -246,7 +245,7 @@ class RenderTrainer:
             err = ((shown - gt[i]).abs() * 4).clamp(0, 1)
             rows.append(torch.cat([gt[i], shown, err], 1))
         image = (torch.cat(rows, 0).cpu().numpy() * 255).round().astype(np.uint8)
-        _write_png(self.run_dir / "val" / f"step_{self.step:06d}.png", image)
+        write_image(self.run_dir / "val" / f"step_{self.step:06d}.png", image)
         self.history.append(record)
         write_json(self.run_dir / "history.json", self.history)
         return record
@@ -370,12 +369,6 @@ def _patch_size(c: RenderTrainConfig) -> int:
     """Side of the mouth patch for the perceptual loss: the lip rays of a frame, as a square (0: too few)."""
     side = math.isqrt(int(c.rays_per_frame * c.lip_fraction))
     return side if side >= 4 else 0
-
-
-def _write_png(path: Path, rgb: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), rgb[..., ::-1]):
-            raise OSError(f"could not write {path}")
 
 
 def train_render(data_dir: str | Path, run_dir: str | Path, config: RenderTrainConfig = RenderTrainConfig(),
