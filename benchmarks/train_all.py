@@ -45,6 +45,7 @@ from pathlib import Path
 import common
 import numpy as np
 
+from geneface import OMP_POLICY_GIVEN
 from geneface.constants import AUDIO_RATE
 from geneface.fileio import read_json, read_npz, write_json
 
@@ -128,6 +129,8 @@ def code_root(work: Path, commit: str) -> Path:
 def train(root: Path, clip: Path, person: Path, size: int, log: Path, extra: list[str]) -> dict:
     """`geneface train all` with the package under ``root``/src in a new process; the stage times (minutes)."""
     env = {**os.environ, "PYTHONPATH": str((root / "src").resolve())}
+    if not OMP_POLICY_GIVEN:  # as from a shell: not the policy `import geneface` set in this process
+        env.pop("OMP_WAIT_POLICY", None)
     cmd = [sys.executable, "-c", "import sys; from geneface.cli import main; sys.exit(main())",
            "train", "all", str(clip), "--out", str(person), "--size", str(size), "--device", "cpu", *extra]
     load_start = os.getloadavg()
@@ -223,7 +226,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     from geneface.synth.corpus import SENTENCES
 
-    test_clip = make_clip(work, "test", list(SENTENCES[12:15]), TEST_VOICE, TEST_SECONDS, args.size)
+    test_clip = make_clip(work, "test", list(SENTENCES[12:15]), TEST_VOICE, TEST_SECONDS, args.size)  # made first
     train_texts = list(SENTENCES[:12]) + list(SENTENCES[15:])
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=common.REPO, capture_output=True, text=True).stdout.strip()
     roots = {"before": (code_root(work, args.before), subprocess.run(
@@ -241,8 +244,7 @@ def main() -> None:
                 quality = read_json(mfile)
             else:
                 print(f"== measuring {arm} on {clip.parent.name}", flush=True)
-                quality = measure(folder / "person", make_clip(work, "test", list(SENTENCES[12:15]), TEST_VOICE,
-                                                               TEST_SECONDS, args.size), folder)
+                quality = measure(folder / "person", test_clip, folder)
                 write_json(mfile, quality)
             rows[f"{m:g}min/{arm}"] = {"minutes_of_video": m, "arm": arm, "clip_sha256": sha256(clip),
                                        "training": record, "quality": quality}

@@ -9,6 +9,9 @@ import dataclasses
 import functools
 import importlib
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -170,3 +173,19 @@ def test_argparse_errors_are_one_line(capsys):
     assert len(err.strip().splitlines()) == 1
     assert _run(["infer", "--person", "p", "--audio", "a", "--out", "o.mp4", "--batch", "many"]) == 2
     assert "error: argument --batch: expected a number, got 'many'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, given, expected", [
+    ("train", None, "None 30M"),  # training spins: the policy geneface sets is taken back
+    ("infer", None, "PASSIVE None"),  # everything else waits passively
+    ("train", "ACTIVE", "ACTIVE None"),  # the user's choice stays
+])
+def test_training_lets_idle_openmp_threads_spin(command, given, expected):
+    """`geneface train` unsets the passive OpenMP wait policy before torch loads, unless the user chose one."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    code = ("import os, sys, geneface.cli as cli; cli.spin_for_training(sys.argv[1:]); "
+            "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, command], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [*expected.split(), "False"]

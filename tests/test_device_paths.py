@@ -4,13 +4,14 @@ ray march, the trainer's deferred loss checks, the motion batches' prefetch."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 import numpy as np
 import pytest
 import torch
 
 from geneface.device import PRECISIONS, amp_dtype, autocast, resolve_device
-from geneface.engine import RunFolder, RunKind, Trainer
+from geneface.engine import Callback, Plateau, RunFolder, RunKind, Trainer
 from geneface.engine.run import TrainingError
 from geneface.errors import InputError
 from geneface.render import ModelConfig, PersonRenderer, RenderTrainConfig, RenderTrainer
@@ -150,6 +151,32 @@ def test_trainer_checks_losses_once_per_log_interval_and_before_each_checkpoint(
     assert saved == [4, 8]  # not 12: its weights came from a non-finite step
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert [(r["step"], r["loss"]) for r in log] == [(5, 2.0), (10, 7.0)]  # means of steps 0-4 and 5-9
+
+
+def test_trainer_stops_early_when_asked_and_checkpoints_there(tmp_path):
+    run = RunFolder(tmp_path / "run", KIND)
+    saved: list[int] = []
+    seen: list[int] = []
+    trainer = Trainer(run, log_every=5, progress=False)
+    trainer.fit("stage", 0, 100, lambda i: {"loss": torch.tensor(1.0)}, checkpoint=saved.append, save_every=10,
+                callbacks=[Callback(seen.append, every=4)], stop=lambda step: "enough" if step == 23 else None)
+    assert trainer.stopped_at == 23 and saved == [10, 20, 23] and seen == [4, 8, 12, 16, 20]
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [5, 10, 15, 20]
+    trainer.fit("stage", 0, 7, lambda i: {"loss": torch.tensor(1.0)}, stop=lambda step: None)
+    assert trainer.stopped_at is None
+
+
+def test_plateau_counts_checks_since_the_best_improvement():
+    p = Plateau(patience=2, min_delta=0.1)
+    assert not p.stalled and p.best is None
+    assert p.add(10, 1.0) and p.add(20, 0.8)  # a 20 % improvement
+    assert not p.add(30, 0.75) and not p.stalled  # under 10 % of 0.8: not an improvement
+    assert not p.add(40, math.nan) and p.stalled  # two checks since the best (step 20)
+    assert p.best == (20, 0.8)
+    auc = Plateau(patience=1, min_delta=0.0, higher_is_better=True, history=[[5, 0.6]])
+    assert auc.add(10, 0.61) and not auc.stalled and not auc.add(15, 0.61) and auc.stalled
+    assert not Plateau(patience=0, history=[[1, 1.0], [2, 2.0], [3, 3.0]]).stalled
 
 
 def test_prefetched_batches_keep_the_sampler_order():

@@ -527,6 +527,98 @@ def test_resume_after_interruption(tmp_path, people, monkeypatch, device):
     assert not (out / "train_state").exists()
 
 
+def scripted_checks(monkeypatch, lmd: list[float] | None = None, auc: list[float] | None = None) -> dict:
+    """Make the generator's held-out checks see ``lmd`` and the SyncNet's ``auc``, call by call (then repeat the
+    last); records the generator's weights at each check (``seen["weights"]``)."""
+    from geneface.motion import train as train_module
+
+    seen: dict = {"weights": [], "auc_calls": 0}
+    real_metrics, real_auc = train_module.motion_metrics, train_module.syncnet_auc
+
+    def metrics(model, clips, temperature=1.0, *args, **kwargs):
+        if lmd is None or temperature != 0.0:
+            return real_metrics(model, clips, temperature, *args, **kwargs)
+        seen["weights"].append({k: v.clone() for k, v in model.generator.state_dict().items()})
+        return {"mouth_lmd": lmd[min(len(seen["weights"]), len(lmd)) - 1]}
+
+    def auc_of(syncnet, clips, *args, **kwargs):
+        if auc is None:
+            return real_auc(syncnet, clips, *args, **kwargs)
+        seen["auc_calls"] += 1
+        return auc[min(seen["auc_calls"], len(auc)) - 1]
+
+    monkeypatch.setattr(train_module, "motion_metrics", metrics)
+    monkeypatch.setattr(train_module, "syncnet_auc", auc_of)
+    return seen
+
+
+def test_generator_stops_when_the_held_out_distance_stalls_and_keeps_its_best(tmp_path, people, monkeypatch,
+                                                                             caplog):
+    seen = scripted_checks(monkeypatch, lmd=[0.5, 0.4, 0.398, 0.45, 0.3])  # best at 20; 30 is within min_delta
+    cfg = MotionTrainConfig(syncnet_steps=10, steps=200, val_every=10, patience=2, min_delta=0.01, save_every=10,
+                            sync_patience=0, **TINY)
+    with caplog.at_level("INFO", logger="geneface"):
+        metrics = train_motion([people["a"]], tmp_path / "run", preset_name="tiny", config=cfg, progress=False)
+    assert len(seen["weights"]) == 4  # checks at 10, 20, 30, 40; the 0.3 at 50 is never reached
+    assert (metrics["generator_steps_run"], metrics["generator_best_step"]) == (40, 20)
+    assert "generator: stopped at step 40 of 200" in caplog.text and "step 20, 0.4000" in caplog.text
+    saved = MotionModel.load(tmp_path / "run").generator.state_dict()
+    for name, value in seen["weights"][1].items():  # the weights the check at step 20 saw
+        assert torch.equal(saved[name], value), name
+    assert any(not torch.equal(saved[k], v) for k, v in seen["weights"][3].items())  # not the last weights
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in log if r["stage"] == "generator") == 40
+
+
+def test_generator_trains_every_step_without_patience(tmp_path, people, monkeypatch):
+    seen = scripted_checks(monkeypatch, lmd=[0.5, 0.6, 0.7])
+    cfg = MotionTrainConfig(syncnet_steps=10, steps=40, val_every=10, patience=0, save_every=10, sync_patience=0,
+                            **TINY)
+    metrics = train_motion([people["a"]], tmp_path / "run", preset_name="tiny", config=cfg, progress=False)
+    assert seen["weights"] == [] and metrics["generator_steps_run"] == 40
+
+
+def test_early_stopping_resumes_with_its_checks(tmp_path, people, monkeypatch):
+    """Interrupted after three checks, the resumed run remembers them and stops where an uninterrupted one does."""
+    from geneface.motion import data
+
+    seen = scripted_checks(monkeypatch, lmd=[0.5, 0.4, 0.45, 0.46, 0.2])
+    cfg = MotionTrainConfig(syncnet_steps=10, steps=200, val_every=10, patience=2, save_every=10, sync_patience=0,
+                            **TINY)
+    calls = {"n": 0}
+    original = data.WindowSampler.next
+
+    def flaky(self):
+        calls["n"] += 1
+        if calls["n"] == 10 + 35:  # generator step 35
+            raise _Stop
+        return original(self)
+
+    monkeypatch.setattr(data.WindowSampler, "next", flaky)
+    with pytest.raises(_Stop):
+        train_motion([people["a"]], tmp_path / "run", preset_name="tiny", config=cfg, progress=False)
+    state = json.loads((tmp_path / "run" / "train_state" / "state.json").read_text())
+    assert state["step"] == 30 and [c[0] for c in state["checks"]["generator"]] == [10, 20, 30]
+    monkeypatch.setattr(data.WindowSampler, "next", original)
+    metrics = train_motion([people["a"]], tmp_path / "run", preset_name="tiny", config=cfg, progress=False)
+    assert len(seen["weights"]) == 4  # the resumed run checked once more (step 40) and stopped
+    assert (metrics["generator_steps_run"], metrics["generator_best_step"]) == (40, 20)
+    saved = MotionModel.load(tmp_path / "run").generator.state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in seen["weights"][1].items())
+
+
+def test_syncnet_stops_when_its_auc_stalls(tmp_path, people, monkeypatch, caplog):
+    seen = scripted_checks(monkeypatch, auc=[0.6, 0.62, 0.621, 0.622, 0.9])
+    cfg = MotionTrainConfig(syncnet_steps=200, steps=10, sync_check_every=10, sync_patience=2, sync_min_gain=0.01,
+                            patience=0, **TINY)
+    with caplog.at_level("INFO", logger="geneface"):
+        metrics = train_motion([people["a"]], tmp_path / "run", preset_name="tiny", config=cfg, progress=False)
+    assert metrics["syncnet_steps_run"] == 40  # best 0.62 at 20; 30 and 40 gain less than 1 %
+    assert seen["auc_calls"] == 6  # four checks, the decision on its loss (0.9 here: on), the final measure
+    assert metrics["sync_loss_used"] is True
+    assert "syncnet: stopped at step 40 of 200" in caplog.text
+
+
 def test_nan_stops_training_and_keeps_checkpoint(tmp_path, people, monkeypatch):
     out = tmp_path / "run"
     original = Audio2Motion.loss

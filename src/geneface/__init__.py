@@ -17,7 +17,11 @@ import importlib
 import os
 from typing import Any
 
-# Idle OpenMP threads spinning make torch many times slower on a shared or busy CPU.
+# Idle OpenMP threads spinning make torch many times slower on a shared or busy CPU (the web app's live sessions
+# beside its jobs, tests, benchmarks of several processes); `geneface train` owns the CPU and lets them spin
+# (`geneface.cli.spin_for_training`). Either must be decided before torch is imported.
+OMP_POLICY_GIVEN = "OMP_WAIT_POLICY" in os.environ
+"""Whether the user chose OpenMP's wait policy (then geneface never changes it)."""
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"

@@ -9,7 +9,7 @@ from .dist import (Dist, Launch, LossCall, backend_for, close_distributed, init_
                    stale_store_risk)
 from .run import STATE_DIR, RunFolder, RunKind, TrainingError
 from .saveload import Savable
-from .trainer import Callback, Trainer
+from .trainer import Callback, Plateau, Trainer
 
-__all__ = ["STATE_DIR", "Callback", "Dist", "Launch", "LossCall", "RunFolder", "RunKind", "Savable", "Trainer",
-           "TrainingError", "backend_for", "close_distributed", "init_distributed", "local_device", "stale_store_risk"]
+__all__ = ["STATE_DIR", "Callback", "Dist", "Launch", "LossCall", "Plateau", "RunFolder", "RunKind", "Savable",
+           "Trainer", "TrainingError", "backend_for", "close_distributed", "init_distributed", "local_device", "stale_store_risk"]

@@ -43,6 +43,53 @@ class Callback:
             self.fn(step)
 
 
+@dataclass
+class Plateau:
+    """Watches a stage's validation score and says when it stopped improving (early stopping).
+
+    A check improves on the best so far when it beats it by more than ``min_delta`` times its size; after
+    ``patience`` checks in a row without one, `stalled` is true. ``history`` ([step, score] pairs) is what a
+    checkpoint keeps, so that a resumed run decides as the uninterrupted one would.
+    """
+
+    patience: int
+    """Checks without an improvement before the stage stops (0: never)."""
+    min_delta: float = 0.0
+    """Smallest relative improvement that counts."""
+    higher_is_better: bool = False
+    """Whether larger scores are better (AUC) rather than smaller (a distance)."""
+    history: list[list[float]] = field(default_factory=list)
+    """``[step, score]`` of every check so far."""
+
+    def add(self, step: int, score: float) -> bool:
+        """Record a check; whether it is the new best."""
+        best = self.best
+        self.history.append([int(step), float(score)])
+        return best is None or self._better(score, best[1])
+
+    @property
+    def best(self) -> tuple[int, float] | None:
+        """(step, score) of the best check so far (the earliest of equals), None before any."""
+        best = None
+        for step, score in self.history:
+            if best is None or self._better(score, best[1]):
+                best = (int(step), score)
+        return best
+
+    @property
+    def stalled(self) -> bool:
+        if not self.patience or not self.history:
+            return False
+        best_step = self.best[0]
+        return sum(step > best_step for step, _ in self.history) >= self.patience
+
+    def _better(self, score: float, best: float) -> bool:
+        if not math.isfinite(score):
+            return False
+        margin = self.min_delta * abs(best)
+        return score > best + margin if self.higher_is_better else score < best - margin
+
+
 class Trainer:
     """Runs steps for a model that owns its losses.
 
@@ -64,6 +111,8 @@ class Trainer:
         self.progress = progress and self.dist.main
         self.lr_hint = lr_hint
         self.memory_hint = memory_hint
+        self.stopped_at: int | None = None
+        """The step at which the last `fit` was stopped early (its ``stop``), or None."""
         self.train_seconds = 0.0
         """Seconds spent inside training steps (callbacks and checkpoints excluded), over all stages."""
         self.writer = None
@@ -79,10 +128,14 @@ class Trainer:
     def fit(self, stage: str, start: int, total: int, step_fn: StepFn, *,
             checkpoint: Callable[[int], None] | None = None, save_every: int = 0, save_seconds: float = 0.0,
             callbacks: Sequence[Callback] = (), status: Callable[[dict[str, float]], str] | None = None,
-            base: int = 0, save_at_end: bool = True) -> dict[str, float]:
+            base: int = 0, save_at_end: bool = True, stop: Callable[[int], str | None] | None = None
+            ) -> dict[str, float]:
         """Run steps ``start .. total - 1`` of ``stage`` (step numbers after a step are ``i + 1``; ``base`` is the
         stage's first step number, for the progress bar); returns the mean losses of the last log interval.
-        ``save_at_end``: also checkpoint after the last step (the caller may save a state of its own there)."""
+        ``save_at_end``: also checkpoint after the last step (the caller may save a state of its own there).
+        ``stop(step)``, asked after each step's callbacks, ends the stage early when it returns a reason (logged;
+        `stopped_at` is then that step, else None)."""
+        self.stopped_at = None
         if start >= total:
             return {}
         bar = tqdm(total=total - base, initial=start - base, desc=stage, unit="step", disable=not self.progress,
@@ -127,6 +180,13 @@ class Trainer:
                         cb.maybe(done)
                     for cb in due:
                         cb.maybe(done)
+                    reason = stop(done) if stop is not None and done < total else None
+                    if reason:
+                        check()
+                        self.stopped_at = done
+                        if self.dist.main:
+                            log.info(f"{stage}: stopped at step {done} of {total}: {reason}")
+                        break
         except KeyboardInterrupt:
             check()  # never save weights that diverged
             if checkpoint is not None and done > start:
@@ -134,8 +194,8 @@ class Trainer:
             raise
         finally:
             bar.close()
-        if checkpoint is not None and save_at_end and not (save_every and total % save_every == 0):
-            checkpoint(total)
+        if checkpoint is not None and save_at_end and not (save_every and done % save_every == 0):
+            checkpoint(done)
         return mean
 
     def close(self) -> None:

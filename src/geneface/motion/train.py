@@ -24,7 +24,7 @@ from torch import nn
 
 from ..cliopts import MAX_SEED, MAX_STEPS, check_config, opt
 from ..corpusdata import is_corpus
-from ..engine import Dist, LossCall, RunFolder, Trainer, init_distributed
+from ..engine import Callback, Dist, LossCall, Plateau, RunFolder, Trainer, init_distributed
 from ..errors import InputError
 from ..weights import config_to_dict
 from .corpus import default_feature_kind, open_training_data, open_window_source
@@ -87,6 +87,22 @@ class MotionTrainConfig(StepConfig):
     generator still trains on it; the validation split is only reported, never used to decide)."""
     augment: bool = True
     """Random voice changes (spectral warp, pitch, loudness) of the training windows; ``mel`` features only."""
+    sync_check_every: int = opt(250, min=1, max=MAX_STEPS)
+    """SyncNet steps between checks of its AUC on the held-out ends of the training clips."""
+    sync_patience: int = opt(2, min=0, max=10_000)
+    """SyncNet training stops after this many checks in a row without an AUC gain of ``sync_min_gain``, or
+    once the AUC is past ``sync_min_auc`` and stalls (0: it always runs ``syncnet_steps``)."""
+    sync_min_gain: float = opt(0.01, min=0.0, max=1.0)
+    """Smallest relative AUC gain that counts as progress."""
+    val_every: int = opt(250, min=1, max=MAX_STEPS)
+    """Generator steps between checks of its mouth landmark distance (temperature 0) on the held-out ends of
+    the training clips."""
+    patience: int = opt(4, min=0, max=10_000)
+    """Generator training stops after this many checks in a row without an improvement of ``min_delta`` and
+    keeps its best weights; the held-out ends are then never trained on (0: it runs ``steps`` on all the
+    training frames)."""
+    min_delta: float = opt(0.01, min=0.0, max=1.0)
+    """Smallest relative improvement of that distance that counts."""
     sync_start: float = opt(0.25, min=0.0, max=1.0)
     """Fraction of the generator steps after which the SyncNet loss switches on."""
     val_speakers: float = opt(0.05, min=0.0, max=1.0)
@@ -272,17 +288,28 @@ def train_motion(data: Sequence[str | os.PathLike], out: str | os.PathLike, *, i
         stage, step = ("syncnet", 0) if state is None else (state["stage"], int(state["step"]))
         sync = {"enabled": bool(state.get("sync_enabled", False)) if state else False,
                 "auc": state.get("syncnet_auc") if state else None}
+        # early stopping on the held-out ends (none to hold out: every step is run)
+        saved = (state or {}).get("checks", {})
+        sync_checks = Plateau(cfg.sync_patience if holdout else 0, cfg.sync_min_gain, higher_is_better=True,
+                              history=saved.get("syncnet", []))
+        gen_checks = Plateau(cfg.patience if holdout else 0, cfg.min_delta, history=saved.get("generator", []))
+        stopped = dict(saved.get("stopped", {}))
+        best = Audio2Motion(generator.config).to(dist.device).requires_grad_(False)  # the best weights so far
+        best.load_state_dict(generator.state_dict())
         if state is not None:
-            run.load_state({}, {"syncnet_optim": s_opt, "generator_optim": g_opt})
+            run.load_state({"generator_best": best} if gen_checks.history else {},
+                           {"syncnet_optim": s_opt, "generator_optim": g_opt})
             if dist.main:
                 log.info(f"resuming {stage} training at step {step}")
 
         def save(stage_now: str, step_now: int) -> None:
-            run.save_state({"syncnet": syncnet, "generator": generator},
+            run.save_state({"syncnet": syncnet, "generator": generator, "generator_best": best},
                            {"syncnet_optim": s_opt, "generator_optim": g_opt},
                            {"stage": stage_now, "step": step_now, "feature_kind": run_kind,
                             "syncnet": syncnet.config_record(), "generator": generator.config_record(),
                             "sync_enabled": sync["enabled"], "syncnet_auc": sync["auc"], "info": info,
+                            "checks": {"syncnet": sync_checks.history, "generator": gen_checks.history,
+                                       "stopped": stopped},
                             "train": config_to_dict(cfg)})
 
         trainer = Trainer(run, dist, log_every=cfg.log_every, tensorboard=tensorboard, progress=progress,
@@ -305,8 +332,22 @@ def train_motion(data: Sequence[str | os.PathLike], out: str | os.PathLike, *, i
                 _set_lr(s_opt, _cosine(i, cfg.syncnet_steps, cfg.syncnet_lr, floor=0.05))
                 return syncnet_step(syncnet, s_loss, next(batches), rng, s_opt, s_params, cfg)
 
+            def syncnet_check(i: int) -> None:
+                if sync_checks.patience:
+                    sync_checks.add(i, _holdout_auc(syncnet, holdout, cfg, dist))
+                    syncnet.train()
+
+            def syncnet_stop(i: int) -> str | None:
+                if not sync_checks.stalled:
+                    return None
+                auc = sync_checks.history[-1][1]
+                stopped["syncnet"] = i
+                return (f"its held-out AUC ({auc:.3f}) gained less than {cfg.sync_min_gain:.0%} in the last "
+                        f"{cfg.sync_patience} checks")
+
             trainer.fit("syncnet", step, cfg.syncnet_steps, syncnet_step_at, checkpoint=lambda i: save("syncnet", i),
-                        save_every=cfg.save_every)
+                        save_every=cfg.save_every, callbacks=[Callback(syncnet_check, every=cfg.sync_check_every)],
+                        stop=syncnet_stop)
             syncnet.eval()
             sync.update(_decide_sync_loss(syncnet, holdout, cfg, dist))
             stage, step = "generator", 0
@@ -315,7 +356,9 @@ def train_motion(data: Sequence[str | os.PathLike], out: str | os.PathLike, *, i
         # 5. generator
         syncnet.eval().requires_grad_(False)
         if stage == "generator":
-            sampler = WindowSampler(d.source, cfg.window, cfg.batch_size, seed=cfg.seed * 1000 + seed - cfg.seed,
+            # with early stopping the held-out ends decide when to stop, so they are not trained on
+            source = sync_source if gen_checks.patience else d.source
+            sampler = WindowSampler(source, cfg.window, cfg.batch_size, seed=cfg.seed * 1000 + seed - cfg.seed,
                                     augment=augment)
             batches = sampler.batches(dist.device)
             generator.train()
@@ -328,8 +371,29 @@ def train_motion(data: Sequence[str | os.PathLike], out: str | os.PathLike, *, i
                 use_sync = syncnet if (sync["enabled"] and i >= sync_from) else None
                 return generator_step(g_loss, next(batches), use_sync, rng, g_opt, g_params, cfg)
 
+            def generator_check(i: int) -> None:
+                if gen_checks.patience:
+                    model = MotionModel(run_kind, syncnet, generator.eval(), None, info)
+                    lmd = dist.from_main(motion_metrics(model, holdout, temperature=0.0).get("mouth_lmd", math.nan)
+                                         if dist.main else math.nan)
+                    generator.train()
+                    if gen_checks.add(i, lmd):
+                        best.load_state_dict(generator.state_dict())
+
+            def generator_stop(i: int) -> str | None:
+                if not gen_checks.stalled:
+                    return None
+                at, lmd = gen_checks.best
+                stopped["generator"] = i
+                return (f"its held-out mouth landmark distance has not improved by {cfg.min_delta:.0%} in "
+                        f"{cfg.patience} checks; keeping the best weights (step {at}, {lmd:.4f})")
+
             trainer.fit("generator", step, cfg.steps, generator_step_at, checkpoint=lambda i: save("generator", i),
-                        save_every=cfg.save_every)
+                        save_every=cfg.save_every, callbacks=[Callback(generator_check, every=cfg.val_every)],
+                        stop=generator_stop)
+            if gen_checks.history:
+                generator.load_state_dict(best.state_dict())
+                save("generator", cfg.steps)  # done: a rerun goes on to the measures
         trainer.close()
 
         # 6. measures and the finished run (config.json last)
@@ -337,7 +401,10 @@ def train_motion(data: Sequence[str | os.PathLike], out: str | os.PathLike, *, i
         model = MotionModel(run_kind, syncnet, generator, None, info)
         eval_clips = d.val_clips or d.train_clips
         metrics = {"syncnet_auc": sync["auc"], "sync_loss_used": sync["enabled"],
-                   "split": "val" if d.val_clips else "train"}
+                   "split": "val" if d.val_clips else "train",
+                   "syncnet_steps_run": stopped.get("syncnet", cfg.syncnet_steps),
+                   "generator_steps_run": stopped.get("generator", cfg.steps),
+                   "generator_best_step": gen_checks.best[0] if gen_checks.history else cfg.steps}
         if d.corpus_info is not None:
             metrics["val_speakers"] = d.corpus_info["val_speakers"]
         if dist.main:
@@ -352,12 +419,15 @@ def train_motion(data: Sequence[str | os.PathLike], out: str | os.PathLike, *, i
         return dist.from_main(metrics)
 
 
+def _holdout_auc(syncnet: SyncNet, holdout: list[MotionClip], cfg: MotionTrainConfig, dist: Dist) -> float:
+    """The SyncNet's AUC on (up to 64 of) the held-out clip ends, measured on the main process; NaN: none."""
+    auc = syncnet_auc(syncnet, eval_subset(holdout, 64), seed=cfg.seed) if dist.main and holdout else math.nan
+    return dist.from_main(auc)
+
+
 def _decide_sync_loss(syncnet: SyncNet, holdout: list[MotionClip], cfg: MotionTrainConfig, dist: Dist) -> dict:
     """Whether the generator gets the SyncNet loss: the SyncNet's AUC on the held-out clip ends."""
-    auc = float("nan")
-    if dist.main and holdout:
-        auc = syncnet_auc(syncnet, eval_subset(holdout, 64), seed=cfg.seed)
-    auc = dist.from_main(auc)
+    auc = _holdout_auc(syncnet, holdout, cfg, dist)
     enabled = bool(auc >= cfg.sync_min_auc)
     if dist.main:
         if math.isnan(auc):
