@@ -104,6 +104,15 @@ def test_finished_stages_with_other_settings_are_refused_then_forced(tiny_datase
     stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*.safetensors")}
     train_person(synthetic_clip[0], root, config, progress=False)  # nothing to do
     assert stamps == {p: p.stat().st_mtime_ns for p in root.rglob("*.safetensors")}
+    # nor for a motion run saved before early stopping existed (it has no such settings)
+    from geneface.motion.train import EARLY_STOPPING
+
+    made = json.loads((root / "motion" / "config.json").read_text())
+    assert set(EARLY_STOPPING) <= set(made["training"])
+    made["training"] = {k: v for k, v in made["training"].items() if k not in EARLY_STOPPING}
+    (root / "motion" / "config.json").write_text(json.dumps(made))
+    train_person(synthetic_clip[0], root, config, progress=False)
+    assert stamps == {p: p.stat().st_mtime_ns for p in root.rglob("*.safetensors")}
 
     other = replace(config, render_steps=6)
     with pytest.raises(geneface.errors.InputError, match=r"render was trained with other settings \(train.steps\)"):

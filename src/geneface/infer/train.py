@@ -27,6 +27,7 @@ from ..features import FEATURE_KINDS
 from ..motion.model import RUN_KIND as MOTION_RUN
 from ..motion.presets import PRESETS
 from ..motion.train import MotionTrainConfig, PostnetTrainConfig, train_motion, train_postnet
+from ..motion.train import legacy_settings as motion_legacy_settings
 from ..process.pipeline import ProcessConfig, check_source, process
 from ..render.model import ModelConfig
 from ..render.renderer import RUN_KIND as RENDER_RUN
@@ -200,6 +201,8 @@ def _keep(run: RunFolder, wanted: dict, force: bool, command: str) -> bool:
         made = run.read_config()
         if run.kind == RENDER_RUN and isinstance(made.get("train"), dict):
             made["train"] = legacy_settings(made["train"])
+        if run.kind == MOTION_RUN and isinstance(made.get("training"), dict) and "training" in wanted:
+            made["training"] = motion_legacy_settings(made["training"], wanted["training"])
         diff = differing_settings({k: made.get(k) for k in wanted}, wanted, IGNORED)
         if not diff:
             log.info(f"== {run.root} is already trained; skipping `geneface {command}`")
@@ -213,6 +216,8 @@ def _keep(run: RunFolder, wanted: dict, force: bool, command: str) -> bool:
         state = run.read_state() or {}
         saved = state.get("train", state.get("run", {}).get("train", {}))
         requested = wanted.get("training", wanted.get("postnet_training", wanted.get("train", {})))
+        if run.kind == MOTION_RUN and "training" in wanted:
+            saved = motion_legacy_settings(saved, requested)
         if differing_settings(saved, requested, IGNORED):
             log.warning(f"{run.root} holds an interrupted run with other settings; starting it again (--force)")
             shutil.rmtree(run.root)

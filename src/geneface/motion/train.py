@@ -40,6 +40,14 @@ log = logging.getLogger(__name__)
 
 RESUMABLE_CHANGES = ("save_every", "log_every")
 """Settings that may differ when an interrupted run is resumed."""
+EARLY_STOPPING = ("sync_check_every", "sync_patience", "sync_min_gain", "val_every", "patience", "min_delta")
+"""Settings added with early stopping: a run saved before them (it ran every step) counts as made with the
+values asked for now, so it is kept, or resumed with them."""
+
+
+def legacy_settings(saved: dict, requested: dict) -> dict:
+    """Training settings of a saved run in today's terms: `EARLY_STOPPING` filled in from ``requested``."""
+    return {**{k: requested[k] for k in EARLY_STOPPING if k in requested}, **saved}
 
 
 @dataclass
@@ -90,8 +98,8 @@ class MotionTrainConfig(StepConfig):
     sync_check_every: int = opt(250, min=1, max=MAX_STEPS)
     """SyncNet steps between checks of its AUC on the held-out ends of the training clips."""
     sync_patience: int = opt(2, min=0, max=10_000)
-    """SyncNet training stops after this many checks in a row without an AUC gain of ``sync_min_gain``, or
-    once the AUC is past ``sync_min_auc`` and stalls (0: it always runs ``syncnet_steps``)."""
+    """SyncNet training stops after this many checks in a row without an AUC gain of ``sync_min_gain`` over its
+    best (0: it always runs ``syncnet_steps``)."""
     sync_min_gain: float = opt(0.01, min=0.0, max=1.0)
     """Smallest relative AUC gain that counts as progress."""
     val_every: int = opt(250, min=1, max=MAX_STEPS)
@@ -249,7 +257,8 @@ def train_motion(data: Sequence[str | os.PathLike], out: str | os.PathLike, *, i
 
         # 1. feature kind: from the checkpoint being resumed, the run being fine-tuned, or the option
         if state is not None:
-            run.check_same_settings(state.get("train", {}), config_to_dict(cfg), RESUMABLE_CHANGES)
+            requested = config_to_dict(cfg)
+            run.check_same_settings(legacy_settings(state.get("train", {}), requested), requested, RESUMABLE_CHANGES)
             run_kind, where = state["feature_kind"], f"the interrupted run in {run.root}"
         elif init_model is not None:
             run_kind, where = init_model.feature_kind, f"--init {init}"
