@@ -527,19 +527,20 @@ def test_resume_after_interruption(tmp_path, people, monkeypatch, device):
     assert not (out / "train_state").exists()
 
 
-def scripted_checks(monkeypatch, lmd: list[float] | None = None, auc: list[float] | None = None) -> dict:
-    """Make the generator's held-out checks see ``lmd`` and the SyncNet's ``auc``, call by call (then repeat the
-    last); records the generator's weights at each check (``seen["weights"]``)."""
+def scripted_checks(monkeypatch, corr: list[float] | None = None, auc: list[float] | None = None) -> dict:
+    """Make the generator's held-out checks see the mouth correlations ``corr`` and the SyncNet's ``auc``, call by
+    call (then repeat the last); records the generator's weights at each check (``seen["weights"]``)."""
     from geneface.motion import train as train_module
 
     seen: dict = {"weights": [], "auc_calls": 0}
     real_metrics, real_auc = train_module.motion_metrics, train_module.syncnet_auc
 
     def metrics(model, clips, temperature=1.0, *args, **kwargs):
-        if lmd is None or temperature != 0.0:
+        if corr is None or kwargs.get("seed") not in train_module.CHECK_SEEDS:  # not a held-out check
             return real_metrics(model, clips, temperature, *args, **kwargs)
-        seen["weights"].append({k: v.clone() for k, v in model.generator.state_dict().items()})
-        return {"mouth_lmd": lmd[min(len(seen["weights"]), len(lmd)) - 1]}
+        if kwargs["seed"] == train_module.CHECK_SEEDS[0]:
+            seen["weights"].append({k: v.clone() for k, v in model.generator.state_dict().items()})
+        return {"mouth_corr": corr[min(len(seen["weights"]), len(corr)) - 1]}
 
     def auc_of(syncnet, clips, *args, **kwargs):
         if auc is None:
@@ -554,14 +555,14 @@ def scripted_checks(monkeypatch, lmd: list[float] | None = None, auc: list[float
 
 def test_generator_stops_when_the_held_out_distance_stalls_and_keeps_its_best(tmp_path, people, monkeypatch,
                                                                              caplog):
-    seen = scripted_checks(monkeypatch, lmd=[0.5, 0.4, 0.398, 0.45, 0.3])  # best at 20; 30 is within min_delta
+    seen = scripted_checks(monkeypatch, corr=[0.5, 0.6, 0.605, 0.55, 0.9])  # best at 20; 30 is within min_delta
     cfg = MotionTrainConfig(syncnet_steps=10, steps=200, val_every=10, patience=2, min_delta=0.01, save_every=10,
                             sync_patience=0, **TINY)
     with caplog.at_level("INFO", logger="geneface"):
         metrics = train_motion([people["a"]], tmp_path / "run", preset_name="tiny", config=cfg, progress=False)
-    assert len(seen["weights"]) == 4  # checks at 10, 20, 30, 40; the 0.3 at 50 is never reached
+    assert len(seen["weights"]) == 4  # checks at 10, 20, 30, 40; the 0.9 at 50 is never reached
     assert (metrics["generator_steps_run"], metrics["generator_best_step"]) == (40, 20)
-    assert "generator: stopped at step 40 of 200" in caplog.text and "step 20, 0.4000" in caplog.text
+    assert "generator: stopped at step 40 of 200" in caplog.text and "step 20, r = 0.600" in caplog.text
     saved = MotionModel.load(tmp_path / "run").generator.state_dict()
     for name, value in seen["weights"][1].items():  # the weights the check at step 20 saw
         assert torch.equal(saved[name], value), name
@@ -571,7 +572,7 @@ def test_generator_stops_when_the_held_out_distance_stalls_and_keeps_its_best(tm
 
 
 def test_generator_trains_every_step_without_patience(tmp_path, people, monkeypatch):
-    seen = scripted_checks(monkeypatch, lmd=[0.5, 0.6, 0.7])
+    seen = scripted_checks(monkeypatch, corr=[0.5, 0.4, 0.3])
     cfg = MotionTrainConfig(syncnet_steps=10, steps=40, val_every=10, patience=0, save_every=10, sync_patience=0,
                             **TINY)
     metrics = train_motion([people["a"]], tmp_path / "run", preset_name="tiny", config=cfg, progress=False)
@@ -582,7 +583,7 @@ def test_early_stopping_resumes_with_its_checks(tmp_path, people, monkeypatch):
     """Interrupted after three checks, the resumed run remembers them and stops where an uninterrupted one does."""
     from geneface.motion import data
 
-    seen = scripted_checks(monkeypatch, lmd=[0.5, 0.4, 0.45, 0.46, 0.2])
+    seen = scripted_checks(monkeypatch, corr=[0.5, 0.6, 0.55, 0.54, 0.9])
     cfg = MotionTrainConfig(syncnet_steps=10, steps=200, val_every=10, patience=2, save_every=10, sync_patience=0,
                             **TINY)
     calls = {"n": 0}

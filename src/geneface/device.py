@@ -105,6 +105,12 @@ def amp_dtype(device, precision: str = "auto"):
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+def fused_adam(device) -> bool:
+    """Whether torch's fused Adam serves ``device`` (CPU and CUDA): one kernel per step instead of several per
+    tensor, which is most of the optimizer's time for models of many small tensors (the motion models)."""
+    return (device if isinstance(device, str) else device.type) in ("cpu", "cuda")
+
+
 @contextlib.contextmanager
 def memory_errors(device, what: str, hint: str):
     """Running out of memory on ``device`` inside the block is an `InputError`: ``out of memory on cuda WHAT;
