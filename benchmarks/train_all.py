@@ -35,11 +35,13 @@ fields of "summary").
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import common
@@ -146,7 +148,7 @@ def train(root: Path, clip: Path, person: Path, size: int, log: Path, extra: lis
             mark = (person / rel).stat().st_mtime
             times[f"{stage}_minutes"], prev = (mark - prev) / 60, mark
     times["total_minutes"] = (end - start) / 60
-    return {**times, "load_average_start": [round(x, 2) for x in load_start],
+    return {**times, "started": start, "ended": end, "load_average_start": [round(x, 2) for x in load_start],
             "load_average_end": [round(x, 2) for x in os.getloadavg()], "command": cmd[3:]}
 
 
@@ -168,6 +170,29 @@ def trained(arm: str, args, clip: Path, root: Path, commit: str) -> tuple[Path, 
               "built": common.utc_now(), "reused": False}
     write_json(stamp, record)
     return folder, record
+
+
+def less_pauses(record: dict, person: Path, work: Path) -> dict:
+    """``record``'s stage times less the time this benchmark was stopped meanwhile (SIGSTOP, to take a scratch
+    measurement on a quiet machine; each pause a line {"start", "end", "why"} in WORK/pauses.jsonl), with the
+    seconds taken off each stage in ``paused_seconds`` and the clock times as measured in ``wall_minutes``."""
+    path = work / "pauses.jsonl"
+    pauses = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    end = record.get("ended") or datetime.strptime(record["built"], "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=timezone.utc).timestamp()
+    start = record.get("started") or end - 60 * record["total_minutes"]
+    bounds, prev = {}, start
+    for stage, rel in MARKS:
+        if f"{stage}_minutes" in record and (person / rel).exists():
+            bounds[stage] = (prev, (person / rel).stat().st_mtime)
+            prev = bounds[stage][1]
+    bounds["total"] = (start, end)
+    paused = {k: sum(max(0.0, min(b, p["end"]) - max(a, p["start"])) for p in pauses) for k, (a, b) in bounds.items()}
+    if not any(paused.values()):
+        return record
+    return {**record, **{f"{k}_minutes": record[f"{k}_minutes"] - v / 60 for k, v in paused.items()},
+            "paused_seconds": {k: round(v, 1) for k, v in paused.items() if v},
+            "wall_minutes": {k: record[f"{k}_minutes"] for k in paused}}
 
 
 # --- quality ---------------------------------------------------------------------------------------------
@@ -238,6 +263,7 @@ def main() -> None:
         for arm in arms:
             root, commit = roots[arm]
             folder, record = trained(arm, args, clip, root, commit)
+            record = less_pauses(record, folder / "person", work)
             key = common.script_hash()[:12] + common.source_hash()[:12]
             mfile = folder / f"measures-{key}.json"
             if mfile.exists():
