@@ -315,7 +315,8 @@ def train_motion(data: Sequence[str | os.PathLike], out: str | os.PathLike, *, i
                 log.info(f"resuming {stage} training at step {step}")
 
         def save(stage_now: str, step_now: int) -> None:
-            run.save_state({"syncnet": syncnet, "generator": generator, "generator_best": best},
+            kept = {"generator_best": best} if gen_checks.history else {}  # loaded on resume by the same rule
+            run.save_state({"syncnet": syncnet, "generator": generator, **kept},
                            {"syncnet_optim": s_opt, "generator_optim": g_opt},
                            {"stage": stage_now, "step": step_now, "feature_kind": run_kind,
                             "syncnet": syncnet.config_record(), "generator": generator.config_record(),
