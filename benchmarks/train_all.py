@@ -284,7 +284,9 @@ def main() -> None:
     summary: dict = {}
     for k, r in rows.items():
         tag = k.replace("/", "_")
-        summary[f"{tag}_total_minutes"] = r["training"]["total_minutes"]
+        for f in figures:
+            if f in r["training"]:
+                summary[f"{tag}_{f}"] = r["training"][f]
         for q in quality:
             summary[f"{tag}_{q}"] = r["quality"][q]
     checks = []
