@@ -496,21 +496,29 @@ class _Stop(Exception):
     pass
 
 
-def test_resume_after_interruption(tmp_path, people, monkeypatch, device):
+def stop_at_batch(monkeypatch, n: int):
+    """Make the ``n``-th training batch drawn raise `_Stop` (an interruption); returns the real `next`."""
     from geneface.motion import data
 
-    out = tmp_path / "run"
-    cfg = MotionTrainConfig(syncnet_steps=20, steps=30, save_every=10, **TINY)
     calls = {"n": 0}
     original = data.WindowSampler.next
 
     def flaky(self):
         calls["n"] += 1
-        if calls["n"] == 20 + 25:  # generator step 25
+        if calls["n"] == n:
             raise _Stop
         return original(self)
 
     monkeypatch.setattr(data.WindowSampler, "next", flaky)
+    return original
+
+
+def test_resume_after_interruption(tmp_path, people, monkeypatch, device):
+    from geneface.motion import data
+
+    out = tmp_path / "run"
+    cfg = MotionTrainConfig(syncnet_steps=20, steps=30, save_every=10, **TINY)
+    original = stop_at_batch(monkeypatch, 20 + 25)  # generator step 25
     seen = spy_loss_devices(monkeypatch)
     with pytest.raises(_Stop):
         train_motion([people["a"]], out, preset_name="tiny", device=device, config=cfg)
@@ -586,16 +594,7 @@ def test_early_stopping_resumes_with_its_checks(tmp_path, people, monkeypatch):
     seen = scripted_checks(monkeypatch, corr=[0.5, 0.6, 0.55, 0.54, 0.9])
     cfg = MotionTrainConfig(syncnet_steps=10, steps=200, val_every=10, patience=2, save_every=10, sync_patience=0,
                             **TINY)
-    calls = {"n": 0}
-    original = data.WindowSampler.next
-
-    def flaky(self):
-        calls["n"] += 1
-        if calls["n"] == 10 + 35:  # generator step 35
-            raise _Stop
-        return original(self)
-
-    monkeypatch.setattr(data.WindowSampler, "next", flaky)
+    original = stop_at_batch(monkeypatch, 10 + 35)  # generator step 35
     with pytest.raises(_Stop):
         train_motion([people["a"]], tmp_path / "run", preset_name="tiny", config=cfg, progress=False)
     state = json.loads((tmp_path / "run" / "train_state" / "state.json").read_text())
