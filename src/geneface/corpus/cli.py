@@ -85,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
         where = f"shard {shard[0]}/{shard[1]}: {s['shard_clips']} of {s['clips']} clips"
     p = s["prepared"]
     n = sum(p.values())
-    rate = f", {60 * n / s['seconds']:.1f} clips/min, {s['frames'] / s['seconds']:.1f} frames/s" if n else ""
+    seconds = max(s["seconds"], 0.01)  # rounded to 0.01 s: a few unreadable clips can take "0.0"
+    rate = f", {60 * n / seconds:.1f} clips/min, {s['frames'] / seconds:.1f} frames/s" if n else ""
     print(f"{where}; {s['done_before']} done before; prepared {n}: {p['ok']} ok, {p['skipped']} skipped, "
           f"{p['failed']} failed in {s['seconds']:.1f} s{rate}")
     corpus = Corpus(args.out)
