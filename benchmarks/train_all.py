@@ -115,8 +115,8 @@ def make_clip(work: Path, name: str, texts: list[str], voice: tuple[str, int], s
 
 # --- training --------------------------------------------------------------------------------------------
 
-def code_root(work: Path, commit: str) -> Path:
-    """A detached git worktree of ``commit`` in WORK (made once)."""
+def code_root(work: Path, commit: str) -> tuple[Path, str]:
+    """A detached git worktree of ``commit`` in WORK (made once), and the commit's full hash."""
     full = subprocess.run(["git", "rev-parse", commit], cwd=common.REPO, capture_output=True, text=True,
                           check=True).stdout.strip()
     root = work / f"code-{full[:12]}"
@@ -125,7 +125,7 @@ def code_root(work: Path, commit: str) -> Path:
         shutil.rmtree(root, ignore_errors=True)
         subprocess.run(["git", "worktree", "add", "--detach", str(root.resolve()), full], cwd=common.REPO,
                        check=True, capture_output=True)
-    return root
+    return root, full
 
 
 def train(root: Path, clip: Path, person: Path, size: int, log: Path, extra: list[str]) -> dict:
@@ -254,9 +254,7 @@ def main() -> None:
     test_clip = make_clip(work, "test", list(SENTENCES[12:15]), TEST_VOICE, TEST_SECONDS, args.size)  # made first
     train_texts = list(SENTENCES[:12]) + list(SENTENCES[15:])
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=common.REPO, capture_output=True, text=True).stdout.strip()
-    roots = {"before": (code_root(work, args.before), subprocess.run(
-        ["git", "rev-parse", args.before], cwd=common.REPO, capture_output=True, text=True).stdout.strip()),
-             "after": (common.REPO, head)}
+    roots = {"before": code_root(work, args.before), "after": (common.REPO, head)}
     rows: dict[str, dict] = {}
     for m in minutes:
         clip = make_clip(work, f"{m:g}min", train_texts, TRAIN_VOICE, 60 * m, args.size)

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from ..cliopts import MAX_SEED, MAX_STEPS, check_config, opt
-from ..device import fused_adam
 from ..corpusdata import is_corpus
+from ..device import fused_adam
 from ..engine import Callback, Dist, LossCall, Plateau, RunFolder, Trainer, init_distributed
 from ..errors import InputError
 from ..weights import config_to_dict
@@ -305,7 +305,6 @@ def train_motion(data: Sequence[str | os.PathLike], out: str | os.PathLike, *, i
                               history=saved.get("syncnet", []))
         gen_checks = Plateau(cfg.patience if holdout else 0, cfg.min_delta, higher_is_better=True,
                              history=saved.get("generator", []))
-        stopped = dict(saved.get("stopped", {}))
         best = Audio2Motion(generator.config).to(dist.device).requires_grad_(False)  # the best weights so far
         best.load_state_dict(generator.state_dict())
         if state is not None:
@@ -321,8 +320,7 @@ def train_motion(data: Sequence[str | os.PathLike], out: str | os.PathLike, *, i
                            {"stage": stage_now, "step": step_now, "feature_kind": run_kind,
                             "syncnet": syncnet.config_record(), "generator": generator.config_record(),
                             "sync_enabled": sync["enabled"], "syncnet_auc": sync["auc"], "info": info,
-                            "checks": {"syncnet": sync_checks.history, "generator": gen_checks.history,
-                                       "stopped": stopped},
+                            "checks": {"syncnet": sync_checks.history, "generator": gen_checks.history},
                             "train": config_to_dict(cfg)})
 
         trainer = Trainer(run, dist, log_every=cfg.log_every, tensorboard=tensorboard, progress=progress,
@@ -347,14 +345,12 @@ def train_motion(data: Sequence[str | os.PathLike], out: str | os.PathLike, *, i
 
             def syncnet_check(i: int) -> None:
                 if sync_checks.patience:
-                    sync_checks.add(i, _holdout_auc(syncnet, holdout, cfg, dist))
-                    syncnet.train()
+                    sync_checks.add(i, _holdout_auc(syncnet, holdout, cfg, dist))  # leaves it training
 
             def syncnet_stop(i: int) -> str | None:
                 if not sync_checks.stalled:
                     return None
                 auc = sync_checks.history[-1][1]
-                stopped["syncnet"] = i
                 return (f"its held-out AUC ({auc:.3f}) gained less than {cfg.sync_min_gain:.0%} in the last "
                         f"{cfg.sync_patience} checks")
 
@@ -396,7 +392,6 @@ def train_motion(data: Sequence[str | os.PathLike], out: str | os.PathLike, *, i
                 if not gen_checks.stalled:
                     return None
                 at, corr = gen_checks.best
-                stopped["generator"] = i
                 return (f"its held-out mouth-opening correlation has not improved by {cfg.min_delta:.0%} in "
                         f"{cfg.patience} checks; keeping the best weights (step {at}, r = {corr:.3f})")
 
@@ -414,8 +409,8 @@ def train_motion(data: Sequence[str | os.PathLike], out: str | os.PathLike, *, i
         eval_clips = d.val_clips or d.train_clips
         metrics = {"syncnet_auc": sync["auc"], "sync_loss_used": sync["enabled"],
                    "split": "val" if d.val_clips else "train",
-                   "syncnet_steps_run": stopped.get("syncnet", cfg.syncnet_steps),
-                   "generator_steps_run": stopped.get("generator", cfg.steps),
+                   "syncnet_steps_run": sync_checks.history[-1][0] if sync_checks.stalled else cfg.syncnet_steps,
+                   "generator_steps_run": gen_checks.history[-1][0] if gen_checks.stalled else cfg.steps,
                    "generator_best_step": gen_checks.best[0] if gen_checks.history else cfg.steps,
                    "syncnet_checks": sync_checks.history, "generator_checks": gen_checks.history}
         if d.corpus_info is not None:
