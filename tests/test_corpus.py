@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from corpus_arrays import assert_same, corpus_arrays  # tests/corpus_arrays.py
 from geneface import media
 from geneface.cli import main
 from geneface.corpus import Corpus, PrepareConfig, find_clips, prepare_corpus, shard_of
@@ -59,19 +60,6 @@ def reference(clips, tmp_path_factory) -> Path:
     return out
 
 
-def _arrays(corpus_dir: Path) -> dict[str, dict[str, np.ndarray]]:
-    corpus = Corpus(corpus_dir)
-    return {r["path"]: {k: corpus.read(r, k) for k in r["arrays"]} for r in corpus.clips()}
-
-
-def _assert_same(a: dict, b: dict) -> None:
-    assert sorted(a) == sorted(b)
-    for path in a:
-        assert sorted(a[path]) == sorted(b[path]) == ["mel", "offsets", "pitch"]
-        for key in a[path]:
-            assert np.array_equal(a[path][key], b[path][key]), (path, key)
-
-
 # --- preparing ----------------------------------------------------------------------------------
 
 def test_reference_layout_and_landmarks(reference, clips):
@@ -110,12 +98,12 @@ def test_two_workers_and_two_shards_equal_one_worker(reference, clips, tmp_path)
     summary = prepare_corpus(clips, workers, workers=2, progress=False)
     assert summary["prepared"]["ok"] == SPEAKERS * CLIPS
     assert len(list((workers / "packs").iterdir())) == 2
-    _assert_same(_arrays(workers), _arrays(reference))
+    assert_same(corpus_arrays(workers), corpus_arrays(reference))
 
     shards = tmp_path / "shards"  # two machines writing into one shared folder
     counts = [prepare_corpus(clips, shards, shard=(i, 2), progress=False)["shard_clips"] for i in range(2)]
     assert sum(counts) == SPEAKERS * CLIPS and min(counts) > 0
-    _assert_same(_arrays(shards), _arrays(reference))
+    assert_same(corpus_arrays(shards), corpus_arrays(reference))
     for i in range(2):
         lines = (shards / f"manifest-{i}of2.jsonl").read_text().splitlines()
         assert all(shard_of(json.loads(line)["path"], 2) == i for line in lines) and len(lines) == counts[i]
@@ -151,15 +139,15 @@ def test_resume_after_interruption_redoes_nothing(reference, clips, tmp_path, mo
     monkeypatch.setattr(prepare_mod, "process_clip", counting)
     summary = prepare_corpus(clips, out, progress=False)
     assert summary["done_before"] == 2 and not set(redone) & set(calls)
-    assert sorted(redone + calls) == sorted(str(r) for r in _arrays(reference))
-    _assert_same(_arrays(out), _arrays(reference))  # the stray bytes were cut off, not read
+    assert sorted(redone + calls) == sorted(str(r) for r in corpus_arrays(reference))
+    assert_same(corpus_arrays(out), corpus_arrays(reference))  # the stray bytes were cut off, not read
     # a clip whose file changed is prepared again; the others are not
     changed = clips / "speaker2" / "clip1.mp4"
     os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
     redone.clear()
     prepare_corpus(clips, out, progress=False)
     assert redone == ["speaker2/clip1.mp4"]
-    _assert_same(_arrays(out), _arrays(reference))
+    assert_same(corpus_arrays(out), corpus_arrays(reference))
 
 
 def test_a_crashing_worker_fails_only_its_clip(clips, tmp_path, monkeypatch):
@@ -332,7 +320,7 @@ def test_loader_streams_windows_and_holds_out_speakers(reference):
         data.source.sample(rng, window)
     assert corpus.bytes_read - before == 21 * per_window
     # windows hold the clip's own rows
-    full = _arrays(reference)
+    full = corpus_arrays(reference)
     hits = [(p, s) for p, a in full.items() for s in range(FRAMES - window + 1)
             if np.array_equal(a["offsets"][s:s + window], offsets)]
     assert len(hits) == 1

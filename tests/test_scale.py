@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 from unittest import mock
 
-import numpy as np
 import pytest
 import torch
 
+from corpus_arrays import assert_same, corpus_arrays  # tests/corpus_arrays.py
 from geneface.cli import main
 from geneface.corpus import Corpus, parse_shard, prepare_corpus, shard_of, slurm_array_shard
 from geneface.corpus import ray_engine
@@ -168,19 +168,11 @@ def _records(out: Path) -> list[dict]:
     return [{k: r.get(k) for k in keep} for _, r in sorted(Corpus(out).records.items())]
 
 
-def _arrays(out: Path) -> dict[str, dict[str, np.ndarray]]:
-    corpus = Corpus(out)
-    return {r["path"]: {k: corpus.read(r, k) for k in r["arrays"]} for r in corpus.clips()}
-
-
 def _assert_same_corpus(a: Path, b: Path) -> None:
     assert _records(a) == _records(b)
-    arrays_a, arrays_b = _arrays(a), _arrays(b)
-    assert sorted(arrays_a) == sorted(arrays_b) and len(arrays_a) == ALL
-    for path in arrays_a:
-        assert sorted(arrays_a[path]) == sorted(arrays_b[path]) == ["mel", "offsets", "pitch"]
-        for key in arrays_a[path]:
-            assert np.array_equal(arrays_a[path][key], arrays_b[path][key]), (path, key)
+    arrays_a = corpus_arrays(a)
+    assert len(arrays_a) == ALL
+    assert_same(arrays_a, corpus_arrays(b))
 
 
 def _assert_nothing_half_written(out: Path) -> None:
@@ -236,10 +228,9 @@ def test_a_killed_worker_is_retried_and_a_crashing_clip_fails_alone(clips, refer
     assert records[always]["reason"].startswith("worker crashed (") and "2 attempts" in records[always]["reason"]
     assert any(m.startswith(f"failed: {always}: worker crashed") for m in caplog.messages)
     _assert_nothing_half_written(out)
-    ok = _arrays(out)
-    ref = _arrays(reference)
-    assert sorted(ok) == sorted(p for p in ref if p != always)
-    assert all(np.array_equal(ok[p][k], ref[p][k]) for p in ok for k in ok[p])
+    ok = corpus_arrays(out)
+    ref = corpus_arrays(reference)
+    assert_same(ok, {p: ref[p] for p in ref if p != always})
 
     ray_cluster.write_text("")  # the clip is fixed
     again = ray_engine.prepare_corpus_on_ray(clips, out, tasks=2, retry_failed=True, progress=False)
