@@ -104,12 +104,12 @@ def test_finished_stages_with_other_settings_are_refused_then_forced(tiny_datase
     stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*.safetensors")}
     train_person(synthetic_clip[0], root, config, progress=False)  # nothing to do
     assert stamps == {p: p.stat().st_mtime_ns for p in root.rglob("*.safetensors")}
-    # nor for a motion run saved before early stopping existed (it has no such settings)
-    from geneface.motion.train import EARLY_STOPPING
+    # nor for a motion run saved before the settings added since existed (it has none of them)
+    from geneface.motion.train import ADDED_SETTINGS
 
     made = json.loads((root / "motion" / "config.json").read_text())
-    assert set(EARLY_STOPPING) <= set(made["training"])
-    made["training"] = {k: v for k, v in made["training"].items() if k not in EARLY_STOPPING}
+    assert set(ADDED_SETTINGS) <= set(made["training"])
+    made["training"] = {k: v for k, v in made["training"].items() if k not in ADDED_SETTINGS}
     (root / "motion" / "config.json").write_text(json.dumps(made))
     train_person(synthetic_clip[0], root, config, progress=False)
     assert stamps == {p: p.stat().st_mtime_ns for p in root.rglob("*.safetensors")}

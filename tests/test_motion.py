@@ -36,7 +36,7 @@ from geneface.motion.train import MotionTrainConfig, train_motion
 needs_espeak = pytest.mark.espeak  # skipped where espeak-ng is absent (conftest.py)
 TEXTS_A = list(SENTENCES[:8])
 TEXTS_B = list(SENTENCES[12:14])
-TINY = dict(batch_size=8, window=32, syncnet_pairs=256, warmup=20, log_every=10, min_steps=0)
+TINY = dict(batch_size=8, window=32, syncnet_pairs=256, warmup=20, log_every=10)
 
 
 # --- synthetic people ----------------------------------------------------------------------------

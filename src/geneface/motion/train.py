@@ -41,15 +41,15 @@ log = logging.getLogger(__name__)
 
 RESUMABLE_CHANGES = ("save_every", "log_every")
 """Settings that may differ when an interrupted run is resumed."""
-EARLY_STOPPING = ("sync_check_every", "sync_patience", "sync_min_gain", "val_every", "patience", "min_delta",
-                  "min_steps")
-"""Settings added with early stopping: a run saved before them (it ran every step) counts as made with the
-values asked for now, so it is kept, or resumed with them."""
+ADDED_SETTINGS = ("sync_check_every", "sync_patience", "sync_min_gain", "val_every", "patience", "min_delta",
+                  "lr_end")
+"""Settings added since runs were first saved (early stopping, the final learning rate): a run saved before
+them counts as made with the values asked for now, so it is kept, or resumed with them."""
 
 
 def legacy_settings(saved: dict, requested: dict) -> dict:
-    """Training settings of a saved run in today's terms: `EARLY_STOPPING` filled in from ``requested``."""
-    return {**{k: requested[k] for k in EARLY_STOPPING if k in requested}, **saved}
+    """Training settings of a saved run in today's terms: `ADDED_SETTINGS` filled in from ``requested``."""
+    return {**{k: requested[k] for k in ADDED_SETTINGS if k in requested}, **saved}
 
 
 @dataclass
@@ -79,10 +79,13 @@ class MotionTrainConfig(StepConfig):
 
     syncnet_steps: int = opt(4000, min=0, max=MAX_STEPS)
     """SyncNet training steps (with --init, further steps on the new data; 0 keeps it as it is)."""
-    steps: int = opt(8000, min=1, max=MAX_STEPS)
+    steps: int = opt(5000, min=1, max=MAX_STEPS)
     """Generator training steps."""
     lr: float = opt(5e-4, above=0.0, max=1.0)
     """Peak learning rate of the generator (Adam)."""
+    lr_end: float = opt(0.4, min=0.0, max=1.0)
+    """The generator's learning rate at its last step, as a fraction of ``lr`` (cosine decay after the warm-up).
+    Decayed further, its samples (temperature > 0) follow the audio less well for the same steps."""
     syncnet_lr: float = opt(5e-4, above=0.0, max=1.0)
     """Peak learning rate of the SyncNet (Adam, cosine decay)."""
     warmup: int = opt(200, min=0, max=MAX_STEPS)
@@ -107,16 +110,12 @@ class MotionTrainConfig(StepConfig):
     val_every: int = opt(250, min=1, max=MAX_STEPS)
     """Generator steps between checks of its mouth-opening correlation with the real one (sampled at
     temperature 1) on the held-out ends of the training clips."""
-    patience: int = opt(2, min=0, max=10_000)
+    patience: int = opt(0, min=0, max=10_000)
     """Generator training stops after this many checks in a row without an improvement of ``min_delta`` and
-    keeps its best weights; the held-out ends are then never trained on (0: it runs ``steps`` on all the
-    training frames)."""
+    keeps its best weights; the held-out ends are then never trained on (0, the default: it runs ``steps`` on
+    all the training frames, which rendered speech it never heard better than stopping early did)."""
     min_delta: float = opt(0.01, min=0.0, max=1.0)
     """Smallest relative improvement of that correlation that counts."""
-    min_steps: int = opt(3500, min=0, max=MAX_STEPS)
-    """Generator steps before its first check, so before it may stop. On a few minutes of one person the checks
-    rise by under 1% per 1000 steps from about step 1500 while the samples' timing on unseen speech still
-    improves through step 3500 (0: check from the first ``val_every`` steps)."""
     sync_start: float = opt(0.25, min=0.0, max=1.0)
     """Fraction of the generator steps after which the SyncNet loss switches on."""
     val_speakers: float = opt(0.05, min=0.0, max=1.0)
@@ -381,12 +380,12 @@ def train_motion(data: Sequence[str | os.PathLike], out: str | os.PathLike, *, i
             sync_from = int(cfg.sync_start * cfg.steps)
 
             def generator_step_at(i: int) -> dict[str, torch.Tensor]:
-                _set_lr(g_opt, _cosine(i, cfg.steps, cfg.lr, warmup=min(cfg.warmup, cfg.steps // 10)))
+                _set_lr(g_opt, _cosine(i, cfg.steps, cfg.lr, warmup=min(cfg.warmup, cfg.steps // 10), floor=cfg.lr_end))
                 use_sync = syncnet if (sync["enabled"] and i >= sync_from) else None
                 return generator_step(g_loss, next(batches), use_sync, rng, g_opt, g_params, cfg)
 
             def generator_check(i: int) -> None:
-                if gen_checks.patience and i >= cfg.min_steps:
+                if gen_checks.patience:
                     model = MotionModel(run_kind, syncnet, generator.eval(), None, info)
                     corr = dist.from_main(_holdout_corr(model, holdout) if dist.main else math.nan)
                     generator.train()
