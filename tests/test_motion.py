@@ -587,6 +587,23 @@ def test_generator_trains_every_step_without_patience(tmp_path, people, monkeypa
     assert seen["weights"] == [] and metrics["generator_steps_run"] == 40
 
 
+def test_generator_learning_rate_ends_at_lr_end(tmp_path, people, monkeypatch):
+    from geneface.motion import train as train_module
+
+    set_lr, rates = train_module._set_lr, []
+
+    def recording(optimizer, lr):
+        rates.append((optimizer, lr))
+        set_lr(optimizer, lr)
+
+    monkeypatch.setattr(train_module, "_set_lr", recording)
+    cfg = MotionTrainConfig(syncnet_steps=10, steps=30, lr=1e-3, lr_end=0.5, sync_patience=0, **TINY)
+    train_motion([people["a"]], tmp_path / "run", preset_name="tiny", config=cfg, progress=False)
+    generator = [lr for optimizer, lr in rates if optimizer is rates[-1][0]]
+    assert len(generator) == 30 and max(generator) == pytest.approx(1e-3)
+    assert generator[-1] == pytest.approx(0.5e-3, rel=0.01)  # not the 10% it decayed to before
+
+
 def test_early_stopping_resumes_with_its_checks(tmp_path, people, monkeypatch):
     """Interrupted after three checks, the resumed run remembers them and stops where an uninterrupted one does."""
     from geneface.motion import data
