@@ -16,6 +16,9 @@ the clip's sha256 and the arguments, and reused by later runs (``"reused": true`
 both arms at once does not fit one session on 2 cores); ``after`` is trained anew on every run unless
 ``--reuse-after``. Stage times are wall-clock times between the stage's files appearing (the dataset's
 meta.json, the motion, render and sr runs' config.json), so each includes the command's own overhead.
+Each training record also holds ``speed_index``: `common.speed_index` (steps/s of a fixed small conv-net step)
+just before and just after it, about 40 on the project's 2-core machine when nothing else runs; the machine's
+speed drifts by a fifth from hour to hour, and this tells a slower hour from a slower change.
 
 Quality, measured for both arms by this checkout's code:
   motion_mouth_corr, motion_mouth_lmd   the motion run's validation split: Pearson r of predicted and real
@@ -135,7 +138,7 @@ def train(root: Path, clip: Path, person: Path, size: int, log: Path, extra: lis
         env.pop("OMP_WAIT_POLICY", None)
     cmd = [sys.executable, "-c", "import sys; from geneface.cli import main; sys.exit(main())",
            "train", "all", str(clip), "--out", str(person), "--size", str(size), "--device", "cpu", *extra]
-    load_start = os.getloadavg()
+    load_start, speed_start = os.getloadavg(), common.speed_index()
     start = time.time()
     with open(log, "w") as f:
         rc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
@@ -149,7 +152,8 @@ def train(root: Path, clip: Path, person: Path, size: int, log: Path, extra: lis
             times[f"{stage}_minutes"], prev = (mark - prev) / 60, mark
     times["total_minutes"] = (end - start) / 60
     return {**times, "started": start, "ended": end, "load_average_start": [round(x, 2) for x in load_start],
-            "load_average_end": [round(x, 2) for x in os.getloadavg()], "command": cmd[3:]}
+            "load_average_end": [round(x, 2) for x in os.getloadavg()],
+            "speed_index": [round(speed_start, 2), round(common.speed_index(), 2)], "command": cmd[3:]}
 
 
 def trained(arm: str, args, clip: Path, root: Path, commit: str) -> tuple[Path, dict]:
