@@ -124,22 +124,22 @@ def machine_info() -> dict:
             "load_average_start": [round(x, 2) for x in load] if load else None}
 
 
-def speed_index(seconds: float = 3.0) -> float:
+def speed_index(steps: int = 120) -> float:
     """This machine's speed now: steps/s of a fixed small conv-net training step (1-D convolutions, batch 256,
-    as in the motion models) on the CPU with the current threads, timed for ``seconds``. Recorded beside timed
-    runs so that a slower hour can be told from a slower change."""
+    as in the motion models; about 3 s for the default ``steps`` on 2 cores) with the current threads. Recorded
+    beside timed runs so that a slower hour can be told from a slower change."""
     import torch
 
-    gen = torch.Generator().manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv1d(80, 128, 3, padding=1), torch.nn.GELU(),
                               torch.nn.Conv1d(128, 128, 3, padding=1), torch.nn.GELU(), torch.nn.Conv1d(128, 64, 1))
-    x = torch.randn(256, 80, 16, generator=gen)
-    steps, start = 0, time.perf_counter()
-    while steps < 3 or time.perf_counter() - start < seconds:
+    x = torch.randn(256, 80, 16, generator=torch.Generator().manual_seed(0))
+
+    def step() -> None:
         net.zero_grad()
         net(x).square().mean().backward()
-        steps += 1
-    return steps / (time.perf_counter() - start)
+
+    step()  # warm-up: the first call allocates
+    return 1.0 / time_calls(step, steps)["mean_s"]
 
 
 # --- command line ----------------------------------------------------------------------------------------
