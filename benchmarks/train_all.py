@@ -14,8 +14,11 @@ Arms: ``before`` runs `geneface train all CLIP --size SIZE --device cpu` from a 
 process with the CPU defaults otherwise. A finished ``before`` training is kept in WORK keyed on the commit,
 the clip's sha256 and the arguments, and reused by later runs (``"reused": true`` beside its times: a run of
 both arms at once does not fit one session on 2 cores); ``after`` is trained anew on every run unless
-``--reuse-after``. Stage times are wall-clock times between the stage's files appearing (the dataset's
-meta.json, the motion, render and sr runs' config.json), so each includes the command's own overhead.
+``--reuse-after``. ``--before-from FILE`` takes the before rows from an earlier train_all.json instead (on a
+machine whose WORK has lost them; each must match this run's before commit, size and clip sha256), marked
+``"reused_from": FILE`` with the date they were measured. Stage times are wall-clock times between the stage's
+files appearing (the dataset's meta.json, the motion, render and sr runs' config.json), so each includes the
+command's own overhead.
 Each training record also holds ``speed_index``: `common.speed_index` (steps/s of a fixed small conv-net step)
 just before and just after it, about 40 on the project's 2-core machine when nothing else runs; the machine's
 speed drifts by a fifth from hour to hour, and this tells a slower hour from a slower change.
@@ -199,6 +202,30 @@ def less_pauses(record: dict, person: Path, work: Path) -> dict:
             "wall_minutes": {k: record[f"{k}_minutes"] for k in paused}}
 
 
+def earlier_befores(path: Path, commit: str, size: int) -> dict:
+    """The before rows of the train_all.json at ``path``, checked to be of ``commit`` at ``size``."""
+    try:
+        earlier = read_json(path)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--before-from {path}: cannot read it ({e})") from None
+    if earlier.get("before_commit") != commit or earlier.get("args", {}).get("size") != size:
+        raise SystemExit(f"--before-from {path}: measured at {str(earlier.get('before_commit'))[:10]}, size "
+                         f"{earlier.get('args', {}).get('size')}; this run's before is {commit[:10]}, size {size}")
+    return {k: {**r, "measured": earlier.get("written")} for k, r in earlier.get("rows", {}).items()
+            if r.get("arm") == "before"}
+
+
+def earlier_row(earlier: dict, minutes: float, clip_sha: str, path: Path) -> dict:
+    """The earlier before row of the ``minutes`` person, which must have been trained on the same clip."""
+    row = earlier.get(f"{minutes:g}min/before")
+    if row is None:
+        raise SystemExit(f"--before-from {path} has no {minutes:g}-minute before row")
+    if row["clip_sha256"] != clip_sha:
+        raise SystemExit(f"--before-from {path}: its {minutes:g}-minute clip differs from this run's")
+    print(f"[earlier] before on the {minutes:g}-minute clip: from {path} (measured {row['measured']})", flush=True)
+    return {**row, "training": {**row["training"], "reused": True, "reused_from": str(path)}}
+
+
 # --- quality ---------------------------------------------------------------------------------------------
 
 def measure(person: Path, test_clip: Path, out: Path) -> dict:
@@ -242,6 +269,9 @@ def main() -> None:
     ap.add_argument("--arms", default="before,after", help="which arms to run: before, after or both")
     ap.add_argument("--reuse-after", action="store_true", help="keep a finished after-arm training too (a rerun "
                                                                 "of the measures only)")
+    ap.add_argument("--before-from", type=Path, default=None,
+                    help="take the before arm's rows (times and quality) from this earlier train_all.json instead "
+                         "of training it (its commit, size and clips must match this run's)")
     common.add_common_args(ap, "train_all")
     args = ap.parse_args()
     if args.quick:
@@ -259,11 +289,15 @@ def main() -> None:
     train_texts = list(SENTENCES[:12]) + list(SENTENCES[15:])
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=common.REPO, capture_output=True, text=True).stdout.strip()
     roots = {"before": code_root(work, args.before), "after": (common.REPO, head)}
+    earlier = earlier_befores(args.before_from, roots["before"][1], args.size) if args.before_from else {}
     rows: dict[str, dict] = {}
     for m in minutes:
         clip = make_clip(work, f"{m:g}min", train_texts, TRAIN_VOICE, 60 * m, args.size)
         for arm in arms:
             root, commit = roots[arm]
+            if arm == "before" and earlier:
+                rows[f"{m:g}min/before"] = earlier_row(earlier, m, sha256(clip), args.before_from)
+                continue
             folder, record = trained(arm, args, clip, root, commit)
             record = less_pauses(record, folder / "person", work)
             key = common.script_hash()[:12] + common.source_hash()[:12]
