@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, TypeVar
 
 import av
 import numpy as np
@@ -15,6 +17,7 @@ from .constants import AUDIO_RATE, FPS
 from .errors import InputError
 from .fileio import atomic_path
 
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,52 @@ def read_video(path: str | os.PathLike, fps: float = FPS) -> Iterator[np.ndarray
         while next_k / fps < end - 1e-6:
             yield previous[1]
             next_k += 1
+
+
+def read_ahead(items: Iterable[T], depth: int = 16) -> Iterator[T]:
+    """``items`` in order, each computed in a background thread while the caller works on earlier ones (at most
+    ``depth`` ahead): decoding and image I/O, which release the GIL, overlap a single-threaded model. An error in
+    the thread is raised here; stopping early stops the thread and closes ``items``."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(entry: tuple) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    break
+            else:
+                put((end, None))
+        except BaseException as e:  # handed to the caller
+            put((end, e))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=work, name="geneface-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = ready.get()
+            if item is end:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def read_audio(path: str | os.PathLike, rate: int = AUDIO_RATE) -> np.ndarray:

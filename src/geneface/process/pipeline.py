@@ -26,7 +26,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -235,11 +235,16 @@ def detect_face(video: Path, config: ProcessConfig, progress: bool = True) -> Fa
     boxes: list[np.ndarray] = []
     counts: list[int] = []
     shape = None
-    with face.FaceDetector() as detect:
-        for rgb in tqdm(media.read_video(video, FPS), desc="detect", unit="frame", leave=False, disable=not progress):
-            shape = rgb.shape[:2]
-            scale = min(1.0, DETECT_SIDE / max(shape))
+
+    def frames() -> Iterator[tuple[tuple[int, int], float, np.ndarray]]:
+        for rgb in media.read_video(video, FPS):
+            scale = min(1.0, DETECT_SIDE / max(rgb.shape[:2]))
             small = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else rgb
+            yield rgb.shape[:2], scale, small
+
+    with face.FaceDetector() as detect:  # decoding runs ahead in a thread: the detector uses one core
+        for shape, scale, small in tqdm(media.read_ahead(frames()), desc="detect", unit="frame", leave=False,
+                                        disable=not progress):
             b, _ = detect(small)
             boxes.append(b / scale)
             counts.append(len(b))
@@ -285,19 +290,24 @@ def track_mesh(video: Path, crop: np.ndarray, num_frames: int, config: ProcessCo
     track = max(size, config.track_side)
     mesh = np.zeros((t, face.NUM_MESH_POINTS, 3), np.float32)
     found = np.zeros(t, bool)
-    n = 0
-    with face.FaceMesh(video=True) as tracker:
-        for i, rgb in enumerate(tqdm(media.read_video(video, FPS), total=t, desc="track", unit="frame",
-                                     leave=False, disable=not progress)):
+    interp = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
+
+    def views() -> Iterator[np.ndarray]:
+        """The first ``t`` frames cropped, written to ``frames_dir`` and sized for the tracker."""
+        for i, rgb in enumerate(media.read_video(video, FPS)):
             if i >= t:
                 break
             cropped = crop_frame(rgb, crop)  # padded where the crop reaches past the frame
-            interp = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
             out = cv2.resize(cropped, (size, size), interpolation=interp)
             if frames_dir is not None and not cv2.imwrite(str(frames_dir / f"{i:06d}.jpg"), out[..., ::-1],
                                                           [cv2.IMWRITE_JPEG_QUALITY, 95]):
                 raise InputError(f"cannot write frames into {frames_dir.parent}")
-            view = out if track == size else cv2.resize(cropped, (track, track), interpolation=interp)
+            yield out if track == size else cv2.resize(cropped, (track, track), interpolation=interp)
+
+    n = 0
+    with face.FaceMesh(video=True) as tracker:  # decoding and writing run ahead in a thread
+        for i, view in enumerate(tqdm(media.read_ahead(views()), total=t, desc="track", unit="frame", leave=False,
+                                      disable=not progress)):
             faces = tracker(view)
             if faces:
                 mesh[i] = faces[0] * (size / track)
@@ -481,9 +491,10 @@ def step_masks(ctx: Context) -> None:
     """Person mask (MediaPipe selfie segmentation) split into head and torso with the mesh."""
     mesh = ctx.npz("landmarks.npz")["mesh"]
     valid = valid_mask(ctx.valid_box, ctx.config.size)
-    with atomic_dir(ctx.out / "parsing") as tmp, face.selfie_segmenter() as segment:
-        for i in tqdm(range(len(mesh)), desc="masks", unit="frame", leave=False):
-            rgb = cv2.imread(str(ctx.out / "frames" / f"{i:06d}.jpg"))[..., ::-1]
+    frames = (cv2.imread(str(ctx.out / "frames" / f"{i:06d}.jpg"))[..., ::-1] for i in range(len(mesh)))
+    with atomic_dir(ctx.out / "parsing") as tmp, face.selfie_segmenter() as segment:  # reading runs ahead
+        for i, rgb in enumerate(tqdm(media.read_ahead(frames), total=len(mesh), desc="masks", unit="frame",
+                                     leave=False)):
             person = segment(rgb) > 0.5
             cv2.imwrite(str(tmp / f"{i:06d}.png"), masks_mod.parse(person, mesh[i], valid))
 
