@@ -173,6 +173,18 @@ def test_run_saves_loads_and_resumes(tiny_dataset, render32, tmp_path, monkeypat
     assert load_sr(run).size == 128
 
 
+def test_a_short_run_renders_only_the_frames_its_patches_need(tiny_dataset, render32, tmp_path):
+    """Rendering the training frames is the slow part of a short run: 2 steps of 3 patches render 6 frames,
+    evenly spaced over the training split, not ``max_frames``."""
+    trainer = SRTrainer(tiny_dataset, render32, tmp_path / "run", replace(TINY, steps=2, batch=3), progress=False)
+    trainer._load_data()
+    assert len(trainer.train_frames) == 6 and trainer.lr.shape[0] == trainer.hr.shape[0] == 6
+    assert np.array_equal(trainer.train_frames, trainer._pick("train", 6))
+    full = SRTrainer(tiny_dataset, render32, tmp_path / "run2", TINY, progress=False)
+    full._load_data()
+    assert len(full.train_frames) == TINY.max_frames  # 20 steps x 4 patches: max_frames decides
+
+
 def test_dataset_of_another_size_is_refused(tiny_dataset, render32, tmp_path):
     with pytest.raises(InputError, match=r"64 px.*renderer's 32 px.*processed at 128 px"):
         train_sr(tiny_dataset, render32, tmp_path / "sr", replace(TINY, model=SRConfig(factor=2)), progress=False)

@@ -103,7 +103,7 @@ class SRTrainConfig:
     the network's own step per patch on a CPU)."""
     max_frames: int = opt(600, min=1, max=1_000_000)
     """Most training frames rendered (evenly spaced over the training split): rendering them once is the slow
-    part of a short run."""
+    part of a short run. A run of few steps renders no more than its ``steps`` x ``batch`` patches need."""
     render_batch: int = opt(8, min=1, max=1024)
     """Frames rendered at once."""
     val_every: int = opt(500, min=1, max=MAX_STEPS)
@@ -392,7 +392,7 @@ class SRTrainer:
 
     def _load_data(self) -> None:
         c = self.config
-        self.train_frames = self._pick("train", c.max_frames)
+        self.train_frames = self._pick("train", min(c.max_frames, c.steps * c.batch))  # no frame left unused
         if len(self.train_frames) == 0:
             raise InputError(f"dataset {self.ds.root} has no training frames")
         self.val_frames, self.val_split = self._pick("val", c.val_frames), "val"
