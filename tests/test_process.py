@@ -131,6 +131,25 @@ def test_resume_after_deleted_output(tmp_path: Path, synthetic_clip, caplog):
     assert json.loads((out / "meta.json").read_text())["num_frames"] == meta_before["num_frames"]
 
 
+def test_uncovered_median_is_nanmedian_of_the_uncovered_frames():
+    """The background's per-pixel median over the frames that show each pixel: odd and even counts (the mean of
+    the middle two), a single frame, and pixels no frame shows (NaN), exactly as `np.nanmedian` gives it."""
+    from geneface.process.masks import uncovered_median
+
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 7, 40):
+        frames = rng.integers(0, 256, (n, 9, 11, 3), dtype=np.uint8)
+        covered = rng.random((n, 9, 11)) < 0.5
+        covered[:, 0, :3] = True  # never shown
+        covered[-1, 1:] = False  # the last frame shows every pixel below the first row
+        masked = np.where(covered[..., None], np.nan, frames.astype(np.float32))
+        with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):  # its all-NaN pixels
+            expected = np.nanmedian(masked, axis=0)
+        got = uncovered_median(frames, covered)
+        assert got.dtype == np.float32 and np.array_equal(got, expected, equal_nan=True)
+        assert np.isnan(got[0, :3]).all() and not np.isnan(got[1:]).any()
+
+
 def test_background_comes_from_training_frames_only(tmp_path: Path):
     """A spot the person covers in every training frame but not in the validation frame is inpainted from its
     surroundings; copying it from the validation frame would leak validation pixels into training."""

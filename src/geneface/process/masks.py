@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 
 import cv2
 import numpy as np
@@ -53,6 +52,17 @@ def parse(person: np.ndarray, mesh: np.ndarray, valid: np.ndarray | None = None)
     return labels
 
 
+def uncovered_median(frames: np.ndarray, covered: np.ndarray) -> np.ndarray:
+    """Per-pixel median [H, W, C] float32 of frames [N, H, W, C] uint8 over the frames where ``covered`` [N, H, W]
+    is False (the mean of the middle two for an even count; NaN where every frame is covered): `np.nanmedian`'s
+    result, from one sort (NaN sorts last) instead of its much slower masked path."""
+    values = np.sort(np.where(covered[..., None], np.nan, frames.astype(np.float32)), axis=0)
+    count = (~covered).sum(0)[..., None].repeat(frames.shape[-1], -1)  # [H, W, C]
+    lo = np.take_along_axis(values, np.maximum(count - 1, 0)[None] // 2, 0)[0]
+    hi = np.take_along_axis(values, (count // 2)[None].clip(max=len(frames) - 1), 0)[0]
+    return np.where(count > 0, (lo + hi) / 2, np.nan).astype(np.float32)
+
+
 def estimate_background(frames: np.ndarray, person: np.ndarray, margin: int,
                         valid: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Static background from frames [N, H, W, 3] uint8 and person masks [N, H, W] bool.
@@ -70,11 +80,8 @@ def estimate_background(frames: np.ndarray, person: np.ndarray, margin: int,
     padding[y0:y1, x0:x1] = False
     covered |= padding
     background = np.empty(frames.shape[1:], np.float32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels: handled below
-        for y in range(0, frames.shape[1], 32):  # row blocks bound the memory
-            block = np.where(covered[:, y:y + 32, :, None], np.nan, frames[:, y:y + 32].astype(np.float32))
-            background[y:y + 32] = np.nanmedian(block, axis=0)
+    for y in range(0, frames.shape[1], 32):  # row blocks bound the memory
+        background[y:y + 32] = uncovered_median(frames[:, y:y + 32], covered[:, y:y + 32])
     never = np.isnan(background[..., 0])
     background = np.nan_to_num(background).round().astype(np.uint8)
     inner = np.ascontiguousarray(background[y0:y1, x0:x1])
