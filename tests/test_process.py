@@ -13,6 +13,7 @@ import pytest
 from geneface import face, media
 from geneface.cli import main
 from geneface.dataset import PersonDataset
+from geneface.errors import InputError
 from geneface.features.mel import f0_hz
 from geneface.fileio import read_npz, write_npz
 from geneface.process import ProcessConfig, process, split_frame, track_clip
@@ -177,6 +178,30 @@ def test_background_comes_from_training_frames_only(tmp_path: Path):
     background = cv2.imread(str(out / "background.png")).astype(int)
     assert np.abs(background - 100).max() < 10, f"spot {background[32, 32]}"  # copied from validation: 250
     assert ctx.info["background_inpainted"] > 0
+
+
+def test_masks_step_rewrites_the_same_masks_and_a_failed_write_keeps_them(tiny_dataset: Path, tmp_path: Path,
+                                                                          monkeypatch):
+    """The masks step (segmenting on this thread, splitting and writing on another) remakes the dataset's own
+    label maps; a mask that cannot be written is an error naming the folder, and the finished masks stay."""
+    import shutil
+
+    out = tmp_path / "ds"
+    shutil.copytree(tiny_dataset, out)
+    ctx = pipeline.Context(tmp_path / "clip.mp4", out, ProcessConfig(size=128))
+    shutil.rmtree(out / "parsing")
+    pipeline.step_masks(ctx)
+    names = sorted(p.name for p in (tiny_dataset / "parsing").iterdir())
+    assert sorted(p.name for p in (out / "parsing").iterdir()) == names
+    for name in names:
+        assert np.array_equal(cv2.imread(str(out / "parsing" / name), cv2.IMREAD_UNCHANGED),
+                              cv2.imread(str(tiny_dataset / "parsing" / name), cv2.IMREAD_UNCHANGED))
+
+    write = cv2.imwrite
+    monkeypatch.setattr(pipeline.cv2, "imwrite", lambda path, *a: "000040" not in path and write(path, *a))
+    with pytest.raises(InputError, match="cannot write masks into"):
+        pipeline.step_masks(ctx)
+    assert sorted(p.name for p in (out / "parsing").iterdir()) == names  # the earlier masks, untouched
 
 
 def test_dataset_split_is_the_last_eleventh(tiny_dataset: Path):

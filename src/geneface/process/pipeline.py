@@ -24,6 +24,8 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -492,11 +494,22 @@ def step_masks(ctx: Context) -> None:
     mesh = ctx.npz("landmarks.npz")["mesh"]
     valid = valid_mask(ctx.valid_box, ctx.config.size)
     frames = (cv2.imread(str(ctx.out / "frames" / f"{i:06d}.jpg"))[..., ::-1] for i in range(len(mesh)))
-    with atomic_dir(ctx.out / "parsing") as tmp, face.selfie_segmenter() as segment:  # reading runs ahead
+
+    def write(folder: Path, i: int, person: np.ndarray) -> None:
+        if not cv2.imwrite(str(folder / f"{i:06d}.png"), masks_mod.parse(person, mesh[i], valid)):
+            raise InputError(f"cannot write masks into {ctx.out}")
+
+    # the segmenter uses one core: frames are read ahead, and split and written behind, in two other threads
+    with atomic_dir(ctx.out / "parsing") as tmp, face.selfie_segmenter() as segment, \
+            ThreadPoolExecutor(1, thread_name_prefix="geneface-masks") as writer:
+        pending: deque[Future] = deque()
         for i, rgb in enumerate(tqdm(media.read_ahead(frames), total=len(mesh), desc="masks", unit="frame",
                                      leave=False)):
-            person = segment(rgb) > 0.5
-            cv2.imwrite(str(tmp / f"{i:06d}.png"), masks_mod.parse(person, mesh[i], valid))
+            pending.append(writer.submit(write, tmp, i, segment(rgb) > 0.5))
+            if len(pending) > 16:
+                pending.popleft().result()  # its error, if any, here
+        for job in pending:
+            job.result()
 
 
 def step_background(ctx: Context) -> None:
