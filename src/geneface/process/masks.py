@@ -57,10 +57,10 @@ def uncovered_median(frames: np.ndarray, covered: np.ndarray) -> np.ndarray:
     is False (the mean of the middle two for an even count; NaN where every frame is covered): `np.nanmedian`'s
     result, from one sort (NaN sorts last) instead of its much slower masked path."""
     values = np.sort(np.where(covered[..., None], np.nan, frames.astype(np.float32)), axis=0)
-    count = (~covered).sum(0)[..., None].repeat(frames.shape[-1], -1)  # [H, W, C]
-    lo = np.take_along_axis(values, np.maximum(count - 1, 0)[None] // 2, 0)[0]
-    hi = np.take_along_axis(values, (count // 2)[None].clip(max=len(frames) - 1), 0)[0]
-    return np.where(count > 0, (lo + hi) / 2, np.nan).astype(np.float32)
+    count = (~covered).sum(0)[None, ..., None]  # [1, H, W, 1]: frames showing each pixel
+    lo = np.take_along_axis(values, np.maximum(count - 1, 0) // 2, 0)[0]
+    hi = np.take_along_axis(values, count // 2, 0)[0]  # < N: count <= N
+    return np.where(count[0] > 0, (lo + hi) / 2, np.nan).astype(np.float32)
 
 
 def estimate_background(frames: np.ndarray, person: np.ndarray, margin: int,
