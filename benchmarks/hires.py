@@ -14,8 +14,9 @@ super-resolution stage, and a renderer trained directly at 512 px for the same w
    (b) ``sr``: the same renderer followed by the super-resolution stage (`geneface.render.sr.train_sr`,
        its default steps unless --sr-steps), trained on the person's own --size frames;
    (c) ``direct``: a renderer trained at --size for the wall time of (a)'s renderer plus (b)'s SR training
-       (its step count is set from a short calibration run at --size: the budget less that run's fixed costs,
-       loading and validation, over its time per step).
+       (its step count is planned from a calibration run of 600 steps at --size, `plan_steps`; a run more than
+       5% off the budget is made again once with its steps corrected by its own time per step; the JSON's
+       ``direct.tries`` and ``direct_share_of_budget`` say how close they came).
 3. On the validation frames, against the dataset's --size frames: PSNR, SSIM and LPIPS (where its weights are
    installed) of the whole frame and of the mouth region (the box around the true lip landmarks, widened by half
    its size), and the mouth LMD (MediaPipe on the rendered frames against the dataset's mesh, % of the
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import multiprocessing
 import resource
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -58,6 +60,9 @@ from geneface.synth import SynthConfig, synthesize
 TARGET_LPIPS_RATIO = 0.6
 TARGET_FPS = 8.0
 TARGET_SR_MINUTES = 10.0
+BUDGET_TOLERANCE = 0.05
+"""(c) is trained again, its steps corrected, when its first run's wall time is further than this share from
+the budget."""
 ARMS = ("bicubic", "sr", "direct")
 
 
@@ -76,10 +81,14 @@ def in_child(target, *args) -> None:
         raise SystemExit(f"{target.__name__} failed (exit code {child.exitcode})")
 
 
-def timed_render_training(data: str, run: str, size: int, steps: int | None, threads: int, out: str) -> None:
+def timed_render_training(data: str, run: str, size: int, steps: int | None, threads: int, out: str,
+                          val_every: int | None = None) -> None:
     torch.set_num_threads(threads)
+    config = replace(RenderTrainConfig(), size=size, steps=steps)
+    if val_every is not None:
+        config = replace(config, val_every=val_every)
     start = time.perf_counter()
-    train_render(data, run, replace(RenderTrainConfig(), size=size, steps=steps), device="cpu", progress=True)
+    train_render(data, run, config, device="cpu", progress=True)
     Path(out).write_text(f"{time.perf_counter() - start:.3f}")
 
 
@@ -89,6 +98,35 @@ def timed_sr_training(data: str, render: str, run: str, steps: int | None, threa
     config = SRTrainConfig() if steps is None else replace(SRTrainConfig(), steps=steps)
     train_sr(data, render, run, config, device="cpu", progress=True)
     Path(out).write_text(f"{time.perf_counter() - start:.3f}")
+
+
+def plan_steps(history: list[dict], wall: float, budget: float, config: RenderTrainConfig) -> dict:
+    """Steps of a renderer training that takes ``budget`` seconds, from a calibration run's validation
+    ``history`` (train and wall seconds at frequent validations) and its whole ``wall`` time. A head step gets
+    cheaper as the occupancy grid empties (the first steps cost several times a later one), so the run is
+    modelled, not scaled: a warm-up excess plus the head phase's later steps at their own rate, the torso
+    phase's at its rate, a validation's cost every ``config.val_every`` steps, and the fixed costs (loading the
+    frames, pruning the grid, saving)."""
+    head = [r for r in history if r["phase"] == "head"]
+    torso = [r for r in history if r["phase"] == "torso"]
+    if not head or not torso:
+        raise SystemExit("the calibration run's history lacks a head or a torso phase")
+    head_end, end = head[-1], torso[-1]
+    mid = head[len(head) // 2] if len(head) > 2 else {"step": 0, "train_seconds": 0.0}
+    per_head = (head_end["train_seconds"] - mid["train_seconds"]) / (head_end["step"] - mid["step"])
+    per_torso = (end["train_seconds"] - head_end["train_seconds"]) / (end["step"] - head_end["step"])
+    warmup = max(0.0, head_end["train_seconds"] - head_end["step"] * per_head)
+    gaps = [(b["wall_seconds"] - b["train_seconds"]) - (a["wall_seconds"] - a["train_seconds"])
+            for part in (head, torso) for a, b in zip(part, part[1:])]
+    per_validation = float(np.median(gaps)) if gaps else 0.0
+    fixed = wall - end["train_seconds"] - per_validation * len(history)
+    per_step = (1 - config.torso_fraction) * per_head + config.torso_fraction * per_torso
+    # wall(N) = fixed + warmup + N * per_step + (N / val_every + 2) * per_validation
+    steps = int((budget - fixed - warmup - 2 * per_validation) / (per_step + per_validation / config.val_every))
+    return {"steps": max(steps, end["step"]), "calibration_steps": end["step"],
+            "calibration_seconds": round(wall, 1), "seconds_per_head_step": round(per_head, 4),
+            "seconds_per_torso_step": round(per_torso, 4), "warmup_seconds": round(warmup, 1),
+            "seconds_per_validation": round(per_validation, 2), "fixed_seconds": round(fixed, 1)}
 
 
 class Arm:
@@ -243,20 +281,26 @@ def main() -> None:
     budget = low_info["train_seconds"] + sr_info["train_seconds"]
 
     def build_direct(folder: Path) -> dict:
-        calibration = 60 if not args.quick else 10
+        calibration, every = (600, 60) if not args.quick else (20, 5)
         in_child(timed_render_training, str(data), str(folder / "calibrate"), args.size, calibration, args.threads,
-                 str(folder / "calibrate.txt"))
-        # the calibration's wall time is mostly fixed costs (loading the frames, validations at --size): its
-        # history separates the steps' own time from them
-        last = read_json(folder / "calibrate" / "history.json")[-1]
-        per_step = last["train_seconds"] / last["step"]
-        overhead = float((folder / "calibrate.txt").read_text()) - last["train_seconds"]
-        steps = max(int((budget - overhead) / per_step), calibration)
-        in_child(timed_render_training, str(data), str(folder / "run"), args.size, steps, args.threads,
-                 str(folder / "seconds.txt"))
-        return {"train_seconds": float((folder / "seconds.txt").read_text()), "steps": steps,
-                "calibration_seconds_per_step": per_step, "calibration_fixed_seconds": overhead,
-                "budget_seconds": budget}
+                 str(folder / "calibrate.txt"), every)
+        plan = plan_steps(read_json(folder / "calibrate" / "history.json"),
+                          float((folder / "calibrate.txt").read_text()), budget, RenderTrainConfig())
+        steps, tries = plan["steps"], []
+        while True:
+            shutil.rmtree(folder / "run", ignore_errors=True)
+            in_child(timed_render_training, str(data), str(folder / "run"), args.size, steps, args.threads,
+                     str(folder / "seconds.txt"))
+            seconds = float((folder / "seconds.txt").read_text())
+            tries.append({"steps": steps, "train_seconds": seconds, "share_of_budget": round(seconds / budget, 3)})
+            if abs(seconds / budget - 1) <= BUDGET_TOLERANCE or len(tries) == 2:
+                break
+            # once more, the steps corrected by this run's own mean time per step (validations included)
+            per_step = (read_json(folder / "run" / "history.json")[-1]["train_seconds"] / steps
+                        + plan["seconds_per_validation"] / RenderTrainConfig().val_every)
+            steps = max(1, steps + int((budget - seconds) / per_step))
+        return {"train_seconds": seconds, "budget_seconds": budget, "share_of_budget": round(seconds / budget, 3),
+                **plan, "steps": steps, "tries": tries}
 
     print(f"== (c) renderer at {args.size} px for {budget / 60:.1f} min", flush=True)
     direct, direct_info = cache.step("render_direct", build_direct)
@@ -299,7 +343,8 @@ def main() -> None:
     summary = {"sr_train_minutes": round(sr_info["train_seconds"] / 60, 2),
                "render_low_train_minutes": round(low_info["train_seconds"] / 60, 2),
                "direct_train_minutes": round(direct_info["train_seconds"] / 60, 2),
-               "direct_steps": direct_info["steps"]}
+               "direct_steps": direct_info["steps"],
+               "direct_share_of_budget": round(direct_info["train_seconds"] / budget, 3)}
     for name in ARMS:
         for key, value in scores[name].items():
             summary[f"{name}_{key}"] = None if value is None else round(value, 4)

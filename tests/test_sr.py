@@ -60,29 +60,43 @@ def test_network_shapes_and_range():
     for factor in (2, 4):
         net = SuperRes(SRConfig(factor=factor, channels=8, blocks=1))
         x = torch.rand(2, 5, 12, 10) * 1.5 - 0.25
-        ref = net.reference_features(torch.rand(2, 3, 12 * factor, 10 * factor))
+        image = torch.rand(2, 3, 12 * factor, 10 * factor)
+        ref = net.reference_features(image)
         assert ref.shape == (2, 8, 12, 10)
-        rgb = net(x, ref)
+        rgb = net(x, ref, reference_image=image)
         assert rgb.shape == (2, 3, 12 * factor, 10 * factor) and rgb.min() >= 0 and rgb.max() <= 1
-        with pytest.raises(InputError, match="reference"):
-            net(x)
+        with pytest.raises(InputError, match="reference's features"):
+            net(x, reference_image=image)
+        with pytest.raises(InputError, match="reference image"):
+            net(x, ref)
     with pytest.raises(InputError, match="factor"):
         SuperRes(SRConfig(channels=8))  # no factor: train_sr fills it in from the sizes
 
 
 def test_untrained_network_is_bicubic_and_legacy_networks_load():
-    """With a zero last layer the output is the bicubic upsampling whatever the reference; a network saved
-    before the reference existed (``reference`` False) takes the RGB and head alpha only."""
+    """With a zero last layer the output is the bicubic upsampling whatever the reference, moved toward the
+    reference image by the blend's starting share (sigmoid(-3)); a share near 1 copies the reference. A network
+    saved before the reference existed (``reference`` False) takes the RGB and head alpha only, one saved before
+    the blend (``blend`` False) gives the bicubic upsampling plus its residual."""
     x = torch.rand(1, 5, 8, 8)
     bicubic = torch.nn.functional.interpolate(x[:, :3], scale_factor=2, mode="bicubic", align_corners=False)
-    for reference in (True, False):
-        net = SuperRes(SRConfig(factor=2, channels=8, blocks=1, reference=reference))
+    image = torch.rand(1, 3, 16, 16)
+    for reference, blend in ((True, True), (True, False), (False, False)):
+        net = SuperRes(SRConfig(factor=2, channels=8, blocks=1, reference=reference, blend=blend))
         with torch.no_grad():
             net.tail.weight.zero_()
-        ref = net.reference_features(torch.rand(1, 3, 16, 16)) if reference else None
-        torch.testing.assert_close(net(x, ref), bicubic.clamp(0, 1))
+        ref = net.reference_features(image) if reference else None
+        share = torch.sigmoid(torch.tensor(-3.0)) if blend else 0.0
+        torch.testing.assert_close(net(x, ref, reference_image=image), (bicubic + share * (image - bicubic)).clamp(0, 1))
         assert net.head.in_channels == (5 if reference else 4) and (net.reference is None) != reference
-    assert SRConfig.LEGACY == {"reference": False}
+        assert net.tail.out_channels == (4 if blend else 3) * 4
+        if blend:
+            with torch.no_grad():
+                net.tail.bias[12:] = 30.0
+            torch.testing.assert_close(net(x, ref, reference_image=image), image)
+    assert SRConfig.LEGACY == {"reference": False, "blend": False}
+    with pytest.raises(InputError, match="blend needs"):
+        SRConfig(factor=2, reference=False)
 
 
 def test_loss_decreases_and_ignores_zero_weight():
@@ -94,7 +108,8 @@ def test_loss_decreases_and_ignores_zero_weight():
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     losses = []
     for _ in range(15):
-        loss = net.loss(net(x, net.reference_features(reference), clamp=False), target, weight)["l1"]
+        loss = net.loss(net(x, net.reference_features(reference), clamp=False, reference_image=reference),
+                        target, weight)["l1"]
         losses.append(loss.item())
         opt.zero_grad()
         loss.backward()
@@ -135,15 +150,20 @@ def test_run_saves_loads_and_resumes(tiny_dataset, render32, tmp_path, monkeypat
     (lost / "reference.png").unlink()
     with pytest.raises(InputError, match="reference.png"):
         load_sr(lost)
-    old = tmp_path / "old"
-    shutil.copytree(lost, old)
-    config = json.loads((old / "config.json").read_text())
-    del config["model"]["reference"]
-    (old / "config.json").write_text(json.dumps(config))
-    SuperRes(replace(TINY.model, factor=4, reference=False)).save(old / "model.safetensors")
-    legacy = load_sr(old)
-    assert legacy.reference is None and not legacy.net.config.reference
-    assert legacy.upscale(x)[0].shape == (3, 128, 128, 3)
+    # saved before the blend (no "blend" in its config), and before the reference (neither)
+    for gone in (("blend",), ("blend", "reference")):
+        old = tmp_path / f"old-{len(gone)}"
+        shutil.copytree(whole, old)
+        config = json.loads((old / "config.json").read_text())
+        for key in gone:
+            del config["model"][key]
+        (old / "config.json").write_text(json.dumps(config))
+        SuperRes(replace(TINY.model, factor=4, reference="reference" not in gone, blend=False)).save(
+            old / "model.safetensors")
+        legacy = load_sr(old)
+        assert not legacy.net.config.blend and legacy.net.config.reference == ("reference" not in gone)
+        assert (legacy.reference is None) == ("reference" in gone)
+        assert legacy.upscale(x)[0].shape == (3, 128, 128, 3)
     with pytest.raises(InputError, match="already holds"):
         train_sr(tiny_dataset, render32, whole, TINY, progress=False)
 

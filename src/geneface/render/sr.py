@@ -2,9 +2,11 @@
 frames to 2x or 4x their side, trained on the person's own high-resolution frames.
 
 The network works at the low resolution (residual 3x3 convolutions), upsamples with a pixel shuffle and adds
-its output to a bicubic upsampling of the input, so an untrained one is bicubic. Besides the render it sees a
-reference image at the output size, the per-pixel median of the person's training frames: the detail of what
-barely moves (the torso's clothes, the background) that the low-resolution render has lost. Training renders
+its output to a bicubic upsampling of the input, so an untrained one is close to bicubic. Besides the render it
+sees a reference image at the output size, the per-pixel median of the person's training frames: the detail of
+what barely moves (the torso's clothes, the background) that the low-resolution render has lost. It also
+predicts, per output pixel, the share of that reference to take as it is (the blend): where nothing moves, the
+reference is the answer at full detail, which a narrow network could not carry through its features. Training renders
 the dataset's training frames once with the finished renderer and fits random patches of them (a share centred
 on the mouth) to the dataset's frames at the output size.
 
@@ -69,11 +71,16 @@ class SRConfig:
     reference: bool = True
     """See the person's coverage and the reference image (False: the RGB and the head's coverage only, as
     networks saved before this option)."""
+    blend: bool = True
+    """Also predict, per output pixel, how much of the reference image to take as it is (what does not move,
+    such as the background and a still torso, then keeps the reference's full detail); needs ``reference``."""
 
-    LEGACY = {"reference": False}  # networks saved before an option keep what they were trained with
+    LEGACY = {"reference": False, "blend": False}  # networks saved before an option keep what they were trained with
 
     def __post_init__(self) -> None:
         check_config(self)
+        if self.blend and not self.reference:
+            raise InputError("the super-resolution network's blend needs its reference (reference=True)")
 
 
 @dataclass
@@ -151,11 +158,14 @@ class SuperRes(Savable, nn.Module):
         # the reference, folded to the low resolution (pixel unshuffle): added to the head's features
         self.reference = nn.Conv2d(3 * f * f, c, 3, padding=1, bias=False) if config.reference else None
         self.body = nn.Sequential(*[ResBlock(c) for _ in range(config.blocks)])
-        self.tail = nn.Conv2d(c, 3 * f * f, 3, padding=1)
+        # the residual's 3 channels at f x f output pixels per input pixel, and with ``blend`` the reference's share
+        self.tail = nn.Conv2d(c, (4 if config.blend else 3) * f * f, 3, padding=1)
         self.shuffle = nn.PixelShuffle(f)
-        with torch.no_grad():  # start near bicubic
+        with torch.no_grad():  # start near bicubic, taking little of the reference
             self.tail.weight.mul_(0.1)
             self.tail.bias.zero_()
+            if config.blend:
+                self.tail.bias[3 * f * f:] = -3.0
 
     @property
     def factor(self) -> int:
@@ -166,10 +176,13 @@ class SuperRes(Savable, nn.Module):
         (computed once per size for whole frames: they do not change from frame to frame)."""
         return self.reference(F.pixel_unshuffle(reference * 2 - 1, self.factor))
 
-    def forward(self, x: Tensor, reference: Tensor | None = None, clamp: bool = True) -> Tensor:
-        """x [B, 5, h, w]; ``reference``: `reference_features` [B, C, h, w] (needed with ``config.reference``)
+    def forward(self, x: Tensor, reference: Tensor | None = None, clamp: bool = True,
+                reference_image: Tensor | None = None) -> Tensor:
+        """x [B, 5, h, w]; ``reference``: `reference_features` [B, C, h, w] (needed with ``config.reference``);
+        ``reference_image`` [B, 3, h*f, w*f] in [0, 1]: the reference itself (needed with ``config.blend``)
         -> RGB [B, 3, h*f, w*f], clamped to [0, 1] with ``clamp``."""
-        up = F.interpolate(x[:, :3], scale_factor=self.factor, mode="bicubic", align_corners=False)  # [B, 3, H, W]
+        f = self.factor
+        up = F.interpolate(x[:, :3], scale_factor=f, mode="bicubic", align_corners=False)  # [B, 3, H, W]
         feat = self.head(x[:, :self.inputs] * 2 - 1)  # [B, C, h, w]
         if self.reference is not None:
             if reference is None or reference.shape[-2:] != feat.shape[-2:]:
@@ -177,7 +190,15 @@ class SuperRes(Savable, nn.Module):
                                  f"{list(feat.shape[-2:])}, got {None if reference is None else list(reference.shape)}")
             feat = feat + reference
         feat = F.relu(feat, inplace=True)
-        out = up + self.shuffle(self.tail(self.body(feat) + feat))
+        tail = self.tail(self.body(feat) + feat)  # [B, (3 or 4) * f * f, h, w]
+        out = up + self.shuffle(tail[:, :3 * f * f])  # [B, 3, H, W]
+        if self.config.blend:
+            if reference_image is None or reference_image.shape[-2:] != out.shape[-2:]:
+                raise InputError(f"the super-resolution network needs the reference image at "
+                                 f"{list(out.shape[-2:])}, got "
+                                 f"{None if reference_image is None else list(reference_image.shape)}")
+            share = torch.sigmoid(self.shuffle(tail[:, 3 * f * f:]))  # [B, 1, H, W]
+            out = out + share * (reference_image - out)
         return out.clamp(0, 1) if clamp else out
 
     def loss(self, pred: Tensor, target: Tensor, weight: Tensor, perceptual: nn.Module | None = None,
@@ -225,17 +246,18 @@ class SRModel:
     def device(self) -> torch.device:
         return self.net.tail.weight.device
 
-    def reference_features(self, side: int) -> Tensor | None:
-        """The reference's features [1, C, side, side] for renders of ``side`` px (the reference resized when
-        ``side`` x factor is not its size), computed once per side; None without a reference."""
+    def reference_features(self, side: int) -> tuple[Tensor | None, Tensor | None]:
+        """The reference's features [1, C, side, side] for renders of ``side`` px and the reference itself
+        [1, 3, side*f, side*f] (resized when that is not its size), computed once per side; None, None without
+        a reference."""
         if self.reference is None:
-            return None
+            return None, None
         if self._features.get("side") != side:
             ref, out = self.reference[None], side * self.factor
             if out != self.size:
                 ref = F.interpolate(ref, size=(out, out), mode="bilinear", antialias=True, align_corners=False)
-            self._features = {"side": side, "features": self.net.reference_features(ref)}
-        return self._features["features"]
+            self._features = {"side": side, "features": self.net.reference_features(ref), "image": ref}
+        return self._features["features"], self._features["image"]
 
     @torch.no_grad()
     def upscale(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -245,8 +267,9 @@ class SRModel:
             raise InputError(f"upscale needs square renders [B, {IN_CHANNELS}, h, h] (render_low), "
                              f"got {list(x.shape)}")
         x = x.to(self.device, torch.float32).contiguous()
-        ref = self.reference_features(x.shape[-1])
-        rgb = self.net(x, None if ref is None else ref.expand(len(x), -1, -1, -1))
+        ref, image = self.reference_features(x.shape[-1])
+        rgb = self.net(x, None if ref is None else ref.expand(len(x), -1, -1, -1),
+                       reference_image=None if image is None else image.expand(len(x), -1, -1, -1))
         cover = F.interpolate(x[:, 4:5], scale_factor=self.factor, mode="bilinear", align_corners=False)
         return rgb.permute(0, 2, 3, 1), cover[:, 0].clamp(0, 1)
 
@@ -483,7 +506,9 @@ class SRTrainer:
         pixels and over the mouth's box; a PNG (bicubic | super-resolved | truth)."""
         self.net.eval()
         ref = self._reference_features(self.reference[None])
-        sr = torch.cat([self.net(x.float(), None if ref is None else ref.expand(len(x), -1, -1, -1))
+        image = self.reference[None].float() / 255
+        sr = torch.cat([self.net(x.float(), None if ref is None else ref.expand(len(x), -1, -1, -1),
+                                 reference_image=image.expand(len(x), -1, -1, -1))
                         for x in self.val_lr.split(4)])  # [N, 3, S, S]
         self.net.train()
         f = self.factor
@@ -533,7 +558,8 @@ class SRTrainer:
             for g in opt.param_groups:
                 g["lr"] = c.lr * c.lr_decay ** (k / max(1, c.steps))
             inputs, reference, target, weight = self.sample(gen)
-            pred = self.net(inputs, self._reference_features(reference), clamp=False)
+            pred = self.net(inputs, self._reference_features(reference), clamp=False,
+                            reference_image=reference.float() / 255)
             losses = self.net.loss(pred, target, weight, self.perceptual,
                                    c.perceptual_weight, c.perceptual_patches)
             opt.zero_grad(set_to_none=True)
