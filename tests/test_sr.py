@@ -122,6 +122,27 @@ def test_loss_decreases_and_ignores_zero_weight():
     assert float(net.loss(pred, target, weight)["l1"]) == 0.0
 
 
+def test_blend_learns_to_copy_what_does_not_move():
+    """Where the target is the reference (a still background), the blend learns to take it as it is; a network
+    without the blend must rebuild its fine detail through its features and stays far from it."""
+    torch.manual_seed(0)
+    x = torch.rand(4, 5, 8, 8)
+    reference = torch.rand(4, 3, 32, 32)  # detail at the output size that the low-resolution input lacks
+    weight = torch.ones(4, 1, 32, 32)
+    final = {}
+    for blend in (True, False):
+        net = SuperRes(SRConfig(factor=4, channels=8, blocks=1, blend=blend))
+        opt = torch.optim.Adam(net.parameters(), lr=2e-2)
+        for _ in range(60):
+            loss = net.loss(net(x, net.reference_features(reference), clamp=False, reference_image=reference),
+                            reference, weight)["l1"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        final[blend] = loss.item()
+    assert final[True] < 0.05 and final[True] < 0.3 * final[False], final
+
+
 def test_run_saves_loads_and_resumes(tiny_dataset, render32, tmp_path, monkeypatch):
     whole = tmp_path / "whole"
     train_sr(tiny_dataset, render32, whole, TINY, progress=False)
