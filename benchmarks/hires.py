@@ -283,10 +283,11 @@ def main() -> None:
 
     def build_direct(folder: Path) -> dict:
         calibration, every = (600, 60) if not args.quick else (20, 5)
+        defaults = RenderTrainConfig()
         in_child(timed_render_training, str(data), str(folder / "calibrate"), args.size, calibration, args.threads,
                  str(folder / "calibrate.txt"), every)
         plan = plan_steps(read_json(folder / "calibrate" / "history.json"),
-                          float((folder / "calibrate.txt").read_text()), budget, RenderTrainConfig())
+                          float((folder / "calibrate.txt").read_text()), budget, defaults)
         steps, tries = plan["steps"], []
         while True:
             shutil.rmtree(folder / "run", ignore_errors=True)
@@ -300,7 +301,7 @@ def main() -> None:
             # (its other costs, loading, pruning, validations, taken as they were, plus the extra validations)
             step_seconds = read_json(folder / "run" / "history.json")[-1]["train_seconds"]
             other = seconds - step_seconds
-            validations = plan["seconds_per_validation"] * steps / RenderTrainConfig().val_every
+            validations = plan["seconds_per_validation"] * steps / defaults.val_every
             # budget = other + scale * step_seconds + (scale - 1) * validations
             steps = max(1, round(steps * (budget - other + validations) / (step_seconds + validations)))
         return {"train_seconds": seconds, "budget_seconds": budget, "share_of_budget": round(seconds / budget, 3),
@@ -348,7 +349,7 @@ def main() -> None:
                "render_low_train_minutes": round(low_info["train_seconds"] / 60, 2),
                "direct_train_minutes": round(direct_info["train_seconds"] / 60, 2),
                "direct_steps": direct_info["steps"],
-               "direct_share_of_budget": round(direct_info["train_seconds"] / budget, 3)}
+               "direct_share_of_budget": direct_info["share_of_budget"]}
     for name in ARMS:
         for key, value in scores[name].items():
             summary[f"{name}_{key}"] = None if value is None else round(value, 4)

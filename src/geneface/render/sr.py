@@ -468,8 +468,8 @@ class SRTrainer:
         return inputs_t, reference, target, weight
 
     def _reference_features(self, reference: Tensor) -> Tensor | None:
-        """Features of reference crops [B, 3, H, W] uint8 (None for a network without them)."""
-        return self.net.reference_features(reference.float() / 255) if self.net.reference is not None else None
+        """Features of reference crops [B, 3, H, W] in [0, 1] (None for a network without them)."""
+        return self.net.reference_features(reference) if self.net.reference is not None else None
 
     # --- checkpoints -------------------------------------------------------------------------------
     def _run_record(self) -> dict:
@@ -505,8 +505,8 @@ class SRTrainer:
         """PSNR of the super-resolved and of the bicubic validation frames against the truth, over the real
         pixels and over the mouth's box; a PNG (bicubic | super-resolved | truth)."""
         self.net.eval()
-        ref = self._reference_features(self.reference[None])
         image = self.reference[None].float() / 255
+        ref = self._reference_features(image)
         sr = torch.cat([self.net(x.float(), None if ref is None else ref.expand(len(x), -1, -1, -1),
                                  reference_image=image.expand(len(x), -1, -1, -1))
                         for x in self.val_lr.split(4)])  # [N, 3, S, S]
@@ -558,8 +558,8 @@ class SRTrainer:
             for g in opt.param_groups:
                 g["lr"] = c.lr * c.lr_decay ** (k / max(1, c.steps))
             inputs, reference, target, weight = self.sample(gen)
-            pred = self.net(inputs, self._reference_features(reference), clamp=False,
-                            reference_image=reference.float() / 255)
+            reference = reference.float() / 255
+            pred = self.net(inputs, self._reference_features(reference), clamp=False, reference_image=reference)
             losses = self.net.loss(pred, target, weight, self.perceptual,
                                    c.perceptual_weight, c.perceptual_patches)
             opt.zero_grad(set_to_none=True)
