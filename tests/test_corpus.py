@@ -128,7 +128,7 @@ def test_resume_after_interruption_redoes_nothing(reference, clips, tmp_path, mo
         prepare_corpus(clips, out, progress=False)
     assert len((out / "manifest-0of1.jsonl").read_text().splitlines()) == 2
     with open(out / "packs" / "0of1-w00.pack", "ab") as f:  # what a killed run may leave after its last record
-        f.write(os.urandom(1000))
+        f.write(np.random.default_rng(1).bytes(1000))
 
     redone: list[str] = []
 
@@ -203,7 +203,8 @@ def test_bad_clips_are_recorded_and_skipped(clips, tmp_path, capsys, caplog):
     (root / "a").mkdir(parents=True)
     (root / "a" / "good.mp4").write_bytes(good.read_bytes())
     (root / "a" / "empty.mp4").write_bytes(b"")
-    (root / "a" / "garbage.mkv").write_bytes(os.urandom(5000))
+    # fixed bytes: about 0.3% of random ones probe as a media file (then "no video stream")
+    (root / "a" / "garbage.mkv").write_bytes(np.random.default_rng(0).bytes(5000))
     (root / "a" / "notes.txt").write_text("not a clip")
     _rewrite(good, root / "a" / "mute.mp4", audio=False)
     _rewrite(good, root / "b" / "paired.mp4", audio=False)  # video without audio + speech beside it
